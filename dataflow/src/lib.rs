@@ -1,0 +1,10 @@
+//! tidemark's dataflow: the event model, validation, and the timely operators
+//! that turn source records into transactions, windows and anomalies.
+//!
+//! Nothing here opens a socket or a file: sources hand records in, sinks take
+//! rows out, and everything in between is driven by timely's frontier.
+
+pub mod event;
+pub mod params;
+pub mod record;
+pub mod rfc3339;

@@ -1,0 +1,115 @@
+//! The parameters of the computation (SPEC 3–7), already validated.
+//! Parsing and checking user configuration lives in the binary; this is the
+//! shape the operators need.
+
+use crate::event::{GroupField, Metric};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WindowKind {
+    Tumbling { size_ms: i64 },
+    Sliding { size_ms: i64, slide_ms: i64 },
+    Session { gap_ms: i64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Aggregate {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowSpec {
+    pub name: String,
+    pub kind: WindowKind,
+    pub group_by: Vec<GroupField>,
+    pub aggregates: Vec<Aggregate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TxnZParams {
+    pub enabled: bool,
+    pub min_history: u64,
+    pub z_threshold: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowZParams {
+    pub enabled: bool,
+    /// Index into `Params::windows`.
+    pub spec: usize,
+    pub metrics: Vec<Metric>,
+    pub history: usize,
+    pub min_history: u64,
+    pub z_threshold: f64,
+    pub cooldown_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub tick_ms: i64,
+    pub max_out_of_orderness_ms: i64,
+    pub idle_timeout_ms: u64,
+    pub max_record_bytes: usize,
+    pub dedup_horizon_ms: i64,
+    pub windows: Vec<WindowSpec>,
+    pub txn_z: TxnZParams,
+    pub window_z: WindowZParams,
+    /// Epoch boundaries are multiples of this much event time.
+    pub checkpoint_interval_ms: i64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        use Aggregate::*;
+        let all = vec![Count, Sum, Avg, Min, Max];
+        Params {
+            tick_ms: 1_000,
+            max_out_of_orderness_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            max_record_bytes: 1_048_576,
+            dedup_horizon_ms: 600_000,
+            windows: vec![
+                WindowSpec {
+                    name: "status_1m".into(),
+                    kind: WindowKind::Tumbling { size_ms: 60_000 },
+                    group_by: vec![GroupField::Status],
+                    aggregates: all.clone(),
+                },
+                WindowSpec {
+                    name: "merchant_5m".into(),
+                    kind: WindowKind::Sliding {
+                        size_ms: 300_000,
+                        slide_ms: 60_000,
+                    },
+                    group_by: vec![GroupField::Merchant],
+                    aggregates: all.clone(),
+                },
+                WindowSpec {
+                    name: "customer_session".into(),
+                    kind: WindowKind::Session { gap_ms: 1_800_000 },
+                    group_by: vec![GroupField::CustomerId],
+                    aggregates: all,
+                },
+            ],
+            txn_z: TxnZParams {
+                enabled: true,
+                min_history: 10,
+                z_threshold: 3.0,
+            },
+            window_z: WindowZParams {
+                enabled: true,
+                spec: 0,
+                metrics: vec![Metric::TxnCount, Metric::SumCents],
+                history: 60,
+                min_history: 10,
+                z_threshold: 3.0,
+                cooldown_ms: 1_800_000,
+            },
+            checkpoint_interval_ms: 10_000,
+        }
+    }
+}
