@@ -112,7 +112,7 @@ const MERCHANT: usize = 2;
 const CATEGORY: usize = 3;
 const TIMESTAMP: usize = 4;
 const METADATA: usize = 5;
-const FIELDS: usize = 6;
+const N_TEXT_FIELDS: usize = 6;
 
 /// A valid transaction record, as read from one source partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,7 +126,7 @@ pub struct Txn {
     /// transaction_id, customer_id, merchant, category, the raw `timestamp`
     /// string and the canonical metadata JSON (empty when absent), back to back.
     text: String,
-    ends: [u32; FIELDS],
+    ends: [u32; N_TEXT_FIELDS],
 }
 
 /// The string fields of a transaction, borrowed, for building a [`Txn`].
@@ -161,7 +161,7 @@ impl Txn {
             text.metadata,
         ];
         let mut buf = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0u32; FIELDS];
+        let mut ends = [0u32; N_TEXT_FIELDS];
         for (i, p) in parts.iter().enumerate() {
             buf.push_str(p);
             ends[i] = buf.len() as u32;
