@@ -1,1 +1,17 @@
-//! placeholder
+//! tidemark's checkpointing: where outputs and state go, and how an epoch is
+//! committed and restored.
+//!
+//! - [`storage`]: the object-store interface (local filesystem now, S3 later).
+//! - [`parquet_out`]: Parquet encoders with the output schemas of `docs/outputs.md`.
+//! - [`manifest`]: the commit record of an epoch (SPEC 8), its verification,
+//!   fallback past damaged manifests, and garbage collection.
+//! - [`writer`], [`committer`]: the timely operators that write an epoch on
+//!   every worker and commit it once.
+//! - [`restore`]: what a starting worker takes from the newest valid manifest.
+
+pub mod manifest;
+pub mod parquet_out;
+pub mod storage;
+pub mod committer;
+pub mod restore;
+pub mod writer;

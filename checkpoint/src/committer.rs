@@ -1,0 +1,198 @@
+//! The single committer (worker 0): when the frontier passes a commit
+//! boundary, every worker's files for it have been reported, so one
+//! conditional create of `manifests/<E>.json` commits the epoch atomically.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::StreamVec;
+
+use tidemark_dataflow::event::Tick;
+use tidemark_dataflow::source::PositionEntry;
+use tidemark_dataflow::stateful::Marker;
+use tidemark_dataflow::time::floor_to;
+
+use crate::manifest::{self, Counts, JobSection, Manifest, Position};
+use crate::storage::Storage;
+use crate::writer::EpochReport;
+
+#[derive(Clone)]
+pub struct CommitterConfig {
+    pub storage: Arc<dyn Storage>,
+    pub generation: u64,
+    pub source_name: String,
+    pub tick_ms: i64,
+    pub interval_ms: i64,
+    pub params_fingerprint: String,
+    /// The epoch restored from, if any.
+    pub previous_epoch: Option<i64>,
+    /// Positions of the restored manifest (kept for partitions not seen since).
+    pub previous_positions: Vec<Position>,
+}
+
+/// What the committer has done, for progress displays and summaries.
+#[derive(Clone, Debug, Default)]
+pub struct CommitStatus {
+    pub last_epoch: Option<i64>,
+    pub epochs: u64,
+    pub rows: BTreeMap<String, u64>,
+    pub duplicates: u64,
+}
+
+pub fn committer<'s>(
+    reports: StreamVec<'s, Tick, EpochReport>,
+    positions: StreamVec<'s, Tick, PositionEntry>,
+    markers: StreamVec<'s, Tick, Marker>,
+    cfg: CommitterConfig,
+    status: Arc<Mutex<CommitStatus>>,
+) {
+    let scope = reports.scope();
+    let mut builder = OperatorBuilder::new("Committer".to_owned(), scope);
+    let mut rep_in = builder.new_input(reports, Exchange::new(|_: &EpochReport| 0u64));
+    let mut pos_in = builder.new_input(positions, Exchange::new(|_: &PositionEntry| 0u64));
+    let mut mark_in = builder.new_input(markers, Pipeline);
+
+    builder.build(move |_caps| {
+        let mut pending: Vec<EpochReport> = Vec::new();
+        let mut boundaries: Vec<Tick> = Vec::new();
+        let mut done = false;
+        let mut book = Book {
+            entries: BTreeMap::new(),
+            last: cfg.previous_epoch,
+            committed_positions: cfg
+                .previous_positions
+                .iter()
+                .map(|p| (p.partition, p.clone()))
+                .collect(),
+            cfg: cfg.clone(),
+            status,
+        };
+
+        move |frontiers| {
+            rep_in.for_each(|_, d| pending.append(d));
+            pos_in.for_each(|_, d| {
+                for e in d.drain(..) {
+                    let v = book.entries.entry(e.partition).or_default();
+                    let at = v.partition_point(|x| x.offset < e.offset);
+                    if v.get(at).is_none_or(|x| x.offset != e.offset) {
+                        v.insert(at, e);
+                    }
+                }
+            });
+            mark_in.for_each(|_, d| {
+                boundaries.extend(d.drain(..).filter_map(|m| match m {
+                    Marker::Commit(b) => Some(b),
+                    Marker::Final => None,
+                }))
+            });
+            if done {
+                return;
+            }
+            boundaries.sort_unstable();
+            let frontier = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
+
+            while let Some(&b) = boundaries.first() {
+                if frontier.is_some_and(|f| f < b) {
+                    break;
+                }
+                boundaries.remove(0);
+                let (now, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|r| r.boundary == Some(b));
+                pending = later;
+                book.commit(Some(b), b * cfg.tick_ms, now);
+            }
+
+            if frontier.is_none() {
+                done = true;
+                let finals: Vec<EpochReport> = pending.drain(..).filter(|r| r.boundary.is_none()).collect();
+                let anything = finals
+                    .iter()
+                    .any(|r| !r.files.is_empty() || r.duplicates > 0);
+                if anything {
+                    // The first boundary past every row and position.
+                    let max_tick = finals
+                        .iter()
+                        .filter_map(|r| r.max_tick)
+                        .chain(book.entries.values().flatten().map(|e| e.max_tick))
+                        .max()
+                        .unwrap_or(Tick::MIN);
+                    let above = (max_tick.saturating_add(1) * cfg.tick_ms).max(book.last.map_or(i64::MIN, |l| l + 1));
+                    let epoch = floor_to(above - 1, cfg.interval_ms) + cfg.interval_ms;
+                    book.commit(None, epoch, finals);
+                }
+            }
+        }
+    });
+}
+
+/// The committer's ledger: what has been committed and what positions are known.
+struct Book {
+    /// Per partition: position entries in offset order.
+    entries: BTreeMap<u32, Vec<PositionEntry>>,
+    last: Option<i64>,
+    committed_positions: BTreeMap<u32, Position>,
+    cfg: CommitterConfig,
+    status: Arc<Mutex<CommitStatus>>,
+}
+
+impl Book {
+    fn commit(&mut self, boundary: Option<Tick>, epoch: i64, reports: Vec<EpochReport>) {
+        let files: Vec<_> = reports.iter().flat_map(|r| r.files.iter().cloned()).collect();
+        let state: Vec<_> = reports.iter().filter_map(|r| r.state.clone()).collect();
+        let duplicates: u64 = reports.iter().map(|r| r.duplicates).sum();
+        let limit = epoch / self.cfg.tick_ms;
+        for (partition, v) in self.entries.iter_mut() {
+            // The furthest position all of whose records are below the epoch.
+            let valid = v.partition_point(|e| e.max_tick < limit);
+            if valid > 0 {
+                let e = &v[valid - 1];
+                self.committed_positions.insert(
+                    *partition,
+                    Position {
+                        source: self.cfg.source_name.clone(),
+                        partition: *partition,
+                        offset: e.offset,
+                        max_ts: e.max_ts,
+                    },
+                );
+                v.drain(..valid - 1);
+            }
+        }
+        let m = Manifest::new(
+            epoch,
+            files,
+            JobSection {
+                generation: self.cfg.generation,
+                previous_epoch: self.last,
+                positions: self.committed_positions.values().cloned().collect(),
+                state,
+                counts: Counts {
+                    duplicates,
+                    records_in: 0,
+                },
+                params_fingerprint: self.cfg.params_fingerprint.clone(),
+            },
+        );
+        let t0 = std::time::Instant::now();
+        match manifest::commit(&*self.cfg.storage, &m) {
+            Ok(true) => {}
+            Ok(false) => panic!(
+                "another writer committed epoch {epoch} to {} first: two jobs are using one output root; \
+                 stop the other job (this one, generation {}, stops without committing)",
+                self.cfg.storage.describe(),
+                self.cfg.generation
+            ),
+            Err(e) => panic!("committing epoch {epoch}: {e:#}"),
+        }
+        tracing::info!(epoch, ?boundary, files = m.files.len(), duplicates, elapsed_ms = t0.elapsed().as_millis() as u64, "committed epoch");
+        self.last = Some(epoch);
+        let mut s = self.status.lock().unwrap();
+        s.last_epoch = Some(epoch);
+        s.epochs += 1;
+        s.duplicates += duplicates;
+        for f in &m.files {
+            *s.rows.entry(f.output.clone()).or_default() += f.rows;
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The source frame: validation, per-partition watermarks and lateness,
+//! the worker's capability, and resume positions (SPEC 2–3, DESIGN "Time").
+//!
+//! Connectors implement [`PartitionReader`]; this operator owns everything
+//! about time. A worker's capability is the minimum watermark tick of the
+//! partitions it reads; each accepted record goes out at its own tick, each
+//! reject at its partition's watermark tick when it was read.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+
+use crate::event::{Millis, Reject, RejectReason, Tick, Txn};
+use crate::params::Params;
+use crate::record::parse_record;
+use crate::time::tick_of;
+
+/// Raw records of one partition, back to back, without per-record allocation.
+#[derive(Default)]
+pub struct RawBatch {
+    pub data: Vec<u8>,
+    /// `(end in data, offset in the partition)` per record.
+    pub records: Vec<(usize, u64)>,
+}
+
+impl RawBatch {
+    pub fn push(&mut self, bytes: &[u8], offset: u64) {
+        self.data.extend_from_slice(bytes);
+        self.records.push((self.data.len(), offset));
+    }
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.records.clear();
+    }
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], u64)> {
+        let mut start = 0;
+        self.records.iter().map(move |&(end, offset)| {
+            let r = &self.data[start..end];
+            start = end;
+            (r, offset)
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Records were appended (possibly none, if a bound was reached).
+    Ready,
+    /// Nothing available right now; ask again later.
+    Pending,
+    /// A bounded input has ended.
+    Finished,
+}
+
+/// One source partition, positioned at its start offset by the connector.
+pub trait PartitionReader: 'static {
+    /// Append up to `max` records to `batch`.
+    fn poll(&mut self, max: usize, batch: &mut RawBatch) -> Result<Poll, String>;
+}
+
+/// Where a partition starts, restored from a manifest or fresh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStart {
+    pub partition: u32,
+    /// Next offset to read.
+    pub offset: u64,
+    /// The partition's `max_ts` just before `offset`.
+    pub max_ts: Option<Millis>,
+}
+
+/// A resume position, valid for every epoch boundary above `max_tick`:
+/// every record before `offset` has a time at or below `max_tick`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionEntry {
+    pub partition: u32,
+    pub offset: u64,
+    pub max_ts: Option<Millis>,
+    pub max_tick: Tick,
+}
+
+pub struct SourceConfig {
+    /// Records read per partition per poll.
+    pub batch: usize,
+    /// Records read per activation, across partitions.
+    pub budget: usize,
+    /// Pause reading while the probe lags the source by more than this many ticks.
+    pub max_lag_ticks: i64,
+    /// Records with a time below this tick were committed before a restart:
+    /// they are read (to rebuild watermarks) but not emitted.
+    pub skip_below: Tick,
+}
+
+struct Partition {
+    start: PartitionStart,
+    reader: Box<dyn PartitionReader>,
+    max_ts: Option<Millis>,
+    next_offset: u64,
+    max_tick: Tick,
+    finished: bool,
+    idle: bool,
+    last_data: Instant,
+}
+
+impl Partition {
+    fn watermark_tick(&self, params: &Params) -> Tick {
+        match self.max_ts {
+            Some(m) => tick_of(m.saturating_sub(params.max_out_of_orderness_ms), params.tick_ms),
+            None => Tick::MIN,
+        }
+    }
+}
+
+pub type SourceStreams<'s> = (
+    StreamVec<'s, Tick, Txn>,
+    StreamVec<'s, Tick, Reject>,
+    StreamVec<'s, Tick, PositionEntry>,
+);
+
+/// Builds the source operator over this worker's partitions.
+pub fn source<'s>(
+    scope: Scope<'s, Tick>,
+    name: &str,
+    params: Params,
+    config: SourceConfig,
+    partitions: Vec<(PartitionStart, Box<dyn PartitionReader>)>,
+    probe: ProbeHandle<Tick>,
+) -> SourceStreams<'s> {
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address.clone());
+    let (txn_out, txns) = builder.new_output();
+    let (rej_out, rejects) = builder.new_output();
+    let (pos_out, positions) = builder.new_output();
+    let mut txn_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Txn>>>::from(txn_out);
+    let mut rej_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Reject>>>::from(rej_out);
+    let mut pos_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<PositionEntry>>>::from(pos_out);
+
+    let now = Instant::now();
+    let mut parts: Vec<Partition> = partitions
+        .into_iter()
+        .map(|(start, reader)| Partition {
+            max_ts: start.max_ts,
+            next_offset: start.offset,
+            max_tick: config.skip_below.saturating_sub(1),
+            start,
+            reader,
+            finished: false,
+            idle: false,
+            last_data: now,
+        })
+        .collect();
+    let idle_timeout = Duration::from_millis(params.idle_timeout_ms);
+
+    builder.build(move |caps| {
+        let mut caps: Option<[Capability<Tick>; 3]> = caps.try_into().ok();
+        let mut batch = RawBatch::default();
+        let mut accepted: Vec<(Tick, Txn)> = Vec::new();
+        let mut rejected: Vec<(Tick, Reject)> = Vec::new();
+        let mut announced = false;
+
+        move |_frontiers| {
+            let Some([txn_cap, rej_cap, pos_cap]) = caps.as_mut() else {
+                return;
+            };
+            let mut txn_session = txn_out.activate();
+            let mut rej_session = rej_out.activate();
+            let mut pos_session = pos_out.activate();
+
+            // The initial positions, so a commit before any progress keeps them.
+            if !announced {
+                announced = true;
+                let mut s = pos_session.session(&*pos_cap);
+                for p in &parts {
+                    s.give(PositionEntry {
+                        partition: p.start.partition,
+                        offset: p.next_offset,
+                        max_ts: p.max_ts,
+                        max_tick: p.max_tick,
+                    });
+                }
+            }
+
+            // Flow control: do not run ahead of what downstream has finished.
+            let cap_time = *txn_cap.time();
+            let lagging = probe.with_frontier(|f| {
+                f.iter()
+                    .next()
+                    .is_some_and(|&done| cap_time > Tick::MIN && done < cap_time.saturating_sub(config.max_lag_ticks))
+            });
+
+            let mut read = 0usize;
+            let mut pending_any = false;
+            if !lagging {
+                let floor = cap_time;
+                'outer: while read < config.budget {
+                    let mut progressed = false;
+                    for p in parts.iter_mut().filter(|p| !p.finished) {
+                        batch.clear();
+                        let poll = p
+                            .reader
+                            .poll(config.batch, &mut batch)
+                            .unwrap_or_else(|e| panic!("source {name_p} partition {}: {e}", p.start.partition, name_p = "input"));
+                        match poll {
+                            Poll::Finished => p.finished = true,
+                            Poll::Pending => {
+                                pending_any = true;
+                                if !p.idle && p.last_data.elapsed() >= idle_timeout {
+                                    p.idle = true;
+                                }
+                            }
+                            Poll::Ready => {}
+                        }
+                        if batch.is_empty() {
+                            continue;
+                        }
+                        progressed = true;
+                        p.idle = false;
+                        p.last_data = Instant::now();
+                        read += batch.len();
+                        for (bytes, offset) in batch.iter() {
+                            classify(
+                                p,
+                                bytes,
+                                offset,
+                                &params,
+                                floor,
+                                config.skip_below,
+                                &mut accepted,
+                                &mut rejected,
+                            );
+                        }
+                        emit_sorted(&mut accepted, txn_cap, &mut txn_session);
+                        emit_sorted(&mut rejected, rej_cap, &mut rej_session);
+                        pos_session.session(&*pos_cap).give(PositionEntry {
+                            partition: p.start.partition,
+                            offset: p.next_offset,
+                            max_ts: p.max_ts,
+                            max_tick: p.max_tick,
+                        });
+                        if read >= config.budget {
+                            break 'outer;
+                        }
+                    }
+                    if !progressed {
+                        break;
+                    }
+                }
+            }
+
+            // The new capability: the least watermark of live, non-idle partitions.
+            let live: Vec<&Partition> = parts.iter().filter(|p| !p.finished).collect();
+            if live.is_empty() {
+                caps = None;
+                return;
+            }
+            let active = live.iter().filter(|p| !p.idle);
+            let wm = active.map(|p| p.watermark_tick(&params)).min();
+            // All idle: hold at the largest watermark until one produces again.
+            let wm = wm.unwrap_or_else(|| live.iter().map(|p| p.watermark_tick(&params)).max().unwrap());
+            if wm > *txn_cap.time() {
+                txn_cap.downgrade(&wm);
+                rej_cap.downgrade(&wm);
+                pos_cap.downgrade(&wm);
+            }
+            if lagging || (pending_any && read == 0) {
+                activator.activate_after(Duration::from_millis(if lagging { 1 } else { 10 }));
+            } else {
+                activator.activate();
+            }
+        }
+    });
+    (txns, rejects, positions)
+}
+
+/// Validate one record, update its partition's watermark, and stage it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn classify(
+    p: &mut Partition,
+    bytes: &[u8],
+    offset: u64,
+    params: &Params,
+    floor: Tick,
+    skip_below: Tick,
+    accepted: &mut Vec<(Tick, Txn)>,
+    rejected: &mut Vec<(Tick, Reject)>,
+) {
+    let wm_ms = p.max_ts.map(|m| m.saturating_sub(params.max_out_of_orderness_ms));
+    let wm_tick = p.watermark_tick(params).max(floor);
+    let outcome = match parse_record(bytes, params.max_record_bytes, p.start.partition, offset) {
+        Ok(txn) => {
+            let late = wm_ms.is_some_and(|wm| txn.event_time < wm);
+            let t = tick_of(txn.event_time, params.tick_ms);
+            if late {
+                Err(RejectReason::Late)
+            } else {
+                p.max_ts = Some(p.max_ts.map_or(txn.event_time, |m| m.max(txn.event_time)));
+                if t < floor {
+                    // Only after the partition was idle and the job's
+                    // watermark moved past it: late against the job.
+                    Err(RejectReason::Late)
+                } else {
+                    Ok((t, txn))
+                }
+            }
+        }
+        Err(reason) => Err(reason),
+    };
+    p.next_offset = offset + 1;
+    match outcome {
+        Ok((t, txn)) => {
+            p.max_tick = p.max_tick.max(t);
+            if t >= skip_below {
+                accepted.push((t, txn));
+            }
+        }
+        Err(reason) => {
+            p.max_tick = p.max_tick.max(wm_tick);
+            if wm_tick >= skip_below {
+                rejected.push((
+                    wm_tick,
+                    Reject {
+                        reason,
+                        partition: p.start.partition,
+                        offset,
+                        raw: bytes.to_vec(),
+                    },
+                ));
+            }
+        }
+    }
+}
+
+fn emit_sorted<D: timely::ExchangeData>(
+    staged: &mut Vec<(Tick, D)>,
+    cap: &Capability<Tick>,
+    out: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, Tick, CapacityContainerBuilder<Vec<D>>>,
+) {
+    if staged.is_empty() {
+        return;
+    }
+    if !staged.windows(2).all(|w| w[0].0 <= w[1].0) {
+        staged.sort_by_key(|r| r.0);
+    }
+    let mut iter = staged.drain(..).peekable();
+    while let Some((t, first)) = iter.next() {
+        let c = cap.delayed(&t);
+        let mut session = out.session(&c);
+        session.give(first);
+        while let Some((_, d)) = iter.next_if(|(t2, _)| *t2 == t) {
+            session.give(d);
+        }
+    }
+}

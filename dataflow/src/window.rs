@@ -1,0 +1,348 @@
+//! Event-time windows (SPEC 6): tumbling and sliding over panes, and sessions.
+//!
+//! Tumbling and sliding windows keep one pane per slide, so a pane never
+//! straddles an epoch boundary and a window is the merge of its panes. A
+//! window `[s, e)` is emitted at tick `e / tick`, once the frontier has passed
+//! every record that could fall in it.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{key_group, key_hash, Millis, Tick, Txn, WindowRow};
+use crate::params::{WindowKind, WindowSpec};
+use crate::stateful::{Emit, Logic};
+use crate::time::{floor_to, tick_of};
+
+/// What a window operator needs of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WinIn {
+    pub time: Millis,
+    pub cents: i64,
+    pub key: String,
+}
+
+/// The group key of a transaction under `spec`: the values joined with `|`,
+/// each with `|` and `\` escaped by `\` (see `zscore::unescape_key`).
+pub fn group_key(spec: &WindowSpec, t: &Txn) -> String {
+    let mut key = String::new();
+    for (i, f) in spec.group_by.iter().enumerate() {
+        if i > 0 {
+            key.push('|');
+        }
+        let v = t.group_field(*f);
+        if !v.contains(['|', '\\']) {
+            key.push_str(v);
+            continue;
+        }
+        for c in v.chars() {
+            if c == '|' || c == '\\' {
+                key.push('\\');
+            }
+            key.push(c);
+        }
+    }
+    key
+}
+
+#[inline]
+pub fn route_key(key: &str) -> u64 {
+    crate::event::route(key_hash(key.as_bytes()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agg {
+    pub count: i64,
+    pub sum: i64,
+    pub min: i64,
+    pub max: i64,
+}
+
+impl Agg {
+    fn one(cents: i64) -> Self {
+        Agg {
+            count: 1,
+            sum: cents,
+            min: cents,
+            max: cents,
+        }
+    }
+    fn merge(&mut self, o: &Agg) {
+        self.count += o.count;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Session {
+    first: Millis,
+    last: Millis,
+    agg: Agg,
+}
+
+pub struct Windows {
+    spec_index: u16,
+    name: String,
+    kind: WindowKind,
+    tick_ms: i64,
+    /// Tumbling/sliding: pane start → key → aggregate.
+    panes: BTreeMap<Millis, HashMap<String, Agg>>,
+    /// Tumbling/sliding: the next window end not yet emitted.
+    next_end: Millis,
+    /// Sessions: key → open session, and a queue of emission ticks
+    /// (entries go stale when a session is extended; checked on pop).
+    sessions: HashMap<String, Session>,
+    closing: BinaryHeap<Reverse<(Tick, String)>>,
+    /// Sessions ended by a later record of their key, waiting for their
+    /// emission tick (they are state until then: a snapshot must hold them).
+    closed: BTreeMap<(Tick, String, Millis), Session>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum GroupState {
+    Panes(Vec<(Millis, String, Agg)>),
+    Sessions(Vec<(String, Session)>),
+    Closed(Vec<(Tick, String, Session)>),
+}
+
+impl Windows {
+    pub fn new(spec_index: usize, spec: &WindowSpec, tick_ms: i64) -> Self {
+        Windows {
+            spec_index: spec_index as u16,
+            name: format!("window:{}", spec.name),
+            kind: spec.kind.clone(),
+            tick_ms,
+            panes: BTreeMap::new(),
+            next_end: Millis::MIN,
+            sessions: HashMap::new(),
+            closing: BinaryHeap::new(),
+            closed: BTreeMap::new(),
+        }
+    }
+
+    fn size_slide(&self) -> (i64, i64) {
+        match self.kind {
+            WindowKind::Tumbling { size_ms } => (size_ms, size_ms),
+            WindowKind::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
+            WindowKind::Session { .. } => unreachable!("sessions have no panes"),
+        }
+    }
+
+    fn session_emit_tick(&self, s: &Session, gap: i64) -> Tick {
+        tick_of(s.last + gap, self.tick_ms) + 1
+    }
+
+    /// Restore state committed at `boundary`: every window ending below it
+    /// has been emitted.
+    pub fn restore(&mut self, boundary: Tick, groups: &[(u32, Vec<u8>)]) {
+        if !matches!(self.kind, WindowKind::Session { .. }) {
+            let (_, slide) = self.size_slide();
+            let b = boundary.saturating_mul(self.tick_ms);
+            self.next_end = floor_to(b, slide) + if b.rem_euclid(slide) == 0 { 0 } else { slide };
+        }
+        for (_, bytes) in groups {
+            match bincode::deserialize(bytes).expect("window state decodes") {
+                GroupState::Panes(v) => {
+                    for (p, k, a) in v {
+                        self.panes.entry(p).or_default().insert(k, a);
+                    }
+                }
+                GroupState::Sessions(v) => {
+                    let WindowKind::Session { gap_ms } = self.kind else {
+                        panic!("session state restored into a {:?} window", self.kind)
+                    };
+                    for (k, s) in v {
+                        let t = self.session_emit_tick(&s, gap_ms);
+                        self.closing.push(Reverse((t, k.clone())));
+                        self.sessions.insert(k, s);
+                    }
+                }
+                GroupState::Closed(v) => {
+                    for (t, k, s) in v {
+                        self.closed.insert((t, k, s.first), s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next window end to emit for panes held, if any.
+    fn next_pane_end(&self) -> Option<Millis> {
+        let (_, slide) = self.size_slide();
+        let first = *self.panes.keys().next()?;
+        Some((first + slide).max(self.next_end))
+    }
+
+    fn row(&self, start: Millis, end: Millis, key: String, a: Agg) -> WindowRow {
+        WindowRow {
+            spec: self.spec_index,
+            start,
+            end,
+            key,
+            count: a.count,
+            sum_cents: a.sum,
+            min_cents: a.min,
+            max_cents: a.max,
+        }
+    }
+}
+
+impl Logic for Windows {
+    type In = WinIn;
+    type Out = WindowRow;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn on_tick(&mut self, _t: Tick, batch: &mut Vec<WinIn>, _out: &mut Emit<WindowRow>) {
+        match self.kind {
+            WindowKind::Session { gap_ms } => {
+                batch.sort_by_key(|r| r.time);
+                for r in batch.drain(..) {
+                    match self.sessions.get_mut(&r.key) {
+                        Some(s) if r.time <= s.last + gap_ms => {
+                            s.last = s.last.max(r.time);
+                            s.agg.merge(&Agg::one(r.cents));
+                            let t = tick_of(s.last + gap_ms, self.tick_ms) + 1;
+                            self.closing.push(Reverse((t, r.key)));
+                        }
+                        _ => {
+                            let fresh = Session {
+                                first: r.time,
+                                last: r.time,
+                                agg: Agg::one(r.cents),
+                            };
+                            let t = self.session_emit_tick(&fresh, gap_ms);
+                            if let Some(old) = self.sessions.insert(r.key.clone(), fresh) {
+                                let ot = self.session_emit_tick(&old, gap_ms);
+                                self.closed.insert((ot, r.key.clone(), old.first), old);
+                            }
+                            self.closing.push(Reverse((t, r.key)));
+                        }
+                    }
+                }
+            }
+            _ => {
+                let (_, slide) = self.size_slide();
+                for r in batch.drain(..) {
+                    let pane = floor_to(r.time, slide);
+                    let panes = self.panes.entry(pane).or_default();
+                    match panes.get_mut(&r.key) {
+                        Some(a) => a.merge(&Agg::one(r.cents)),
+                        None => {
+                            panes.insert(r.key, Agg::one(r.cents));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, limit: Option<Tick>, out: &mut Emit<WindowRow>) {
+        let before = |t: Tick| limit.is_none_or(|l| t < l);
+        match self.kind {
+            WindowKind::Session { gap_ms } => {
+                while let Some(e) = self.closed.first_entry() {
+                    if !before(e.key().0) {
+                        break;
+                    }
+                    let ((t, key, _), s) = e.remove_entry();
+                    let row = self.row(s.first, s.last + gap_ms, key, s.agg);
+                    out.rows.push((t, row));
+                }
+                while let Some(Reverse((t, _))) = self.closing.peek() {
+                    if !before(*t) {
+                        break;
+                    }
+                    let Reverse((t, key)) = self.closing.pop().unwrap();
+                    let current = self.sessions.get(&key).map(|s| self.session_emit_tick(s, gap_ms));
+                    if current == Some(t) {
+                        let s = self.sessions.remove(&key).unwrap();
+                        let row = self.row(s.first, s.last + gap_ms, key, s.agg);
+                        out.rows.push((t, row));
+                    }
+                }
+            }
+            _ => {
+                let (size, slide) = self.size_slide();
+                while let Some(end) = self.next_pane_end() {
+                    let t = tick_of(end, self.tick_ms);
+                    if !before(t) {
+                        break;
+                    }
+                    let start = end - size;
+                    let mut merged: HashMap<&str, Agg> = HashMap::new();
+                    for (_, keys) in self.panes.range(start..end) {
+                        for (k, a) in keys {
+                            merged.entry(k.as_str()).and_modify(|m| m.merge(a)).or_insert(*a);
+                        }
+                    }
+                    let mut rows: Vec<WindowRow> = merged
+                        .into_iter()
+                        .map(|(k, a)| self.row(start, end, k.to_owned(), a))
+                        .collect();
+                    rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                    out.rows.extend(rows.into_iter().map(|r| (t, r)));
+                    self.next_end = end + slide;
+                    // Panes no later window needs.
+                    while let Some(e) = self.panes.first_entry() {
+                        if *e.key() + size <= end {
+                            e.remove();
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn pending(&self) -> Option<Tick> {
+        match self.kind {
+            WindowKind::Session { .. } => {
+                let open = self.closing.peek().map(|Reverse((t, _))| *t);
+                let closed = self.closed.keys().next().map(|k| k.0);
+                open.into_iter().chain(closed).min()
+            }
+            _ => self.next_pane_end().map(|e| tick_of(e, self.tick_ms)),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
+        let mut panes: BTreeMap<u32, Vec<(Millis, String, Agg)>> = BTreeMap::new();
+        let mut sessions: BTreeMap<u32, Vec<(String, Session)>> = BTreeMap::new();
+        for (p, keys) in &self.panes {
+            for (k, a) in keys {
+                let g = key_group(key_hash(k.as_bytes()));
+                panes.entry(g).or_default().push((*p, k.clone(), *a));
+            }
+        }
+        for (k, s) in &self.sessions {
+            let g = key_group(key_hash(k.as_bytes()));
+            sessions.entry(g).or_default().push((k.clone(), s.clone()));
+        }
+        let mut closed: BTreeMap<u32, Vec<(Tick, String, Session)>> = BTreeMap::new();
+        for ((t, k, _), s) in &self.closed {
+            let g = key_group(key_hash(k.as_bytes()));
+            closed.entry(g).or_default().push((*t, k.clone(), s.clone()));
+        }
+        let enc = |s: &GroupState| bincode::serialize(s).expect("encode");
+        let mut out: Vec<(u32, Vec<u8>)> = panes
+            .into_iter()
+            .map(|(g, mut v)| {
+                v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+                (g, enc(&GroupState::Panes(v)))
+            })
+            .collect();
+        out.extend(sessions.into_iter().map(|(g, mut v)| {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            (g, enc(&GroupState::Sessions(v)))
+        }));
+        out.extend(closed.into_iter().map(|(g, v)| (g, enc(&GroupState::Closed(v)))));
+        out
+    }
+}
