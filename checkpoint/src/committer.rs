@@ -47,6 +47,7 @@ pub fn committer<'s>(
     markers: StreamVec<'s, Tick, Marker>,
     cfg: CommitterConfig,
     status: Arc<Mutex<CommitStatus>>,
+    on_commit: Box<dyn FnMut(i64)>,
 ) {
     let scope = reports.scope();
     let mut builder = OperatorBuilder::new("Committer".to_owned(), scope);
@@ -68,6 +69,7 @@ pub fn committer<'s>(
                 .collect(),
             cfg: cfg.clone(),
             status,
+            on_commit,
         };
 
         move |frontiers| {
@@ -134,6 +136,8 @@ struct Book {
     committed_positions: BTreeMap<u32, Position>,
     cfg: CommitterConfig,
     status: Arc<Mutex<CommitStatus>>,
+    /// Called after each commit with its epoch (latency accounting).
+    on_commit: Box<dyn FnMut(i64)>,
 }
 
 impl Book {
@@ -187,6 +191,7 @@ impl Book {
         }
         tracing::info!(epoch, ?boundary, files = m.files.len(), duplicates, elapsed_ms = t0.elapsed().as_millis() as u64, "committed epoch");
         self.last = Some(epoch);
+        (self.on_commit)(epoch);
         let mut s = self.status.lock().unwrap();
         s.last_epoch = Some(epoch);
         s.epochs += 1;

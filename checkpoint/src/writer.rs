@@ -93,7 +93,7 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
         let mut dups: BTreeMap<Tick, u64> = BTreeMap::new();
         let mut states: Vec<(Option<Tick>, String, Vec<(u32, Vec<u8>)>)> = Vec::new();
         let mut boundaries: Vec<Tick> = Vec::new();
-        let mut final_seen = false;
+        let mut final_at: Option<Tick> = None;
         let mut done = false;
 
         move |frontiers| {
@@ -112,11 +112,13 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                 }
             });
             mark_in.for_each(|c, d| {
-                caps.insert(c.retain_least(0).expect("marker time"));
+                let cap = c.retain_least(0).expect("marker time");
+                let t = *cap.time();
+                caps.insert(cap);
                 for m in d.drain(..) {
                     match m {
                         Marker::Commit(b) => boundaries.push(b),
-                        Marker::Final => final_seen = true,
+                        Marker::Final => final_at = Some(t),
                     }
                 }
             });
@@ -149,16 +151,15 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
             match frontier {
                 Some(f) => {
                     let mut hold: Vec<Tick> = boundaries.first().map(|b| b - 1).into_iter().collect();
-                    if final_seen {
-                        hold.push(f);
-                    }
+                    hold.extend(final_at);
+                    let _ = f;
                     match hold.iter().min() {
                         Some(&t) => caps.downgrade([t]),
                         None => caps.downgrade::<Tick, _>([]),
                     }
                 }
                 None => {
-                    if final_seen {
+                    if final_at.is_some() {
                         let report = write_epoch(
                             &cfg,
                             worker,

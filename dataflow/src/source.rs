@@ -99,6 +99,16 @@ pub struct SourceConfig {
     /// Records with a time below this tick were committed before a restart:
     /// they are read (to rebuild watermarks) but not emitted.
     pub skip_below: Tick,
+    /// Shared with the process's progress display and latency accounting.
+    pub meter: std::sync::Arc<Meter>,
+}
+
+/// What the sources of a process have read: a count, and for latency
+/// accounting the wall time each batch was read with its largest tick.
+#[derive(Default)]
+pub struct Meter {
+    pub records: std::sync::atomic::AtomicU64,
+    pub batches: std::sync::Mutex<std::collections::VecDeque<(Instant, Tick, u32)>>,
 }
 
 struct Partition {
@@ -228,6 +238,8 @@ pub fn source<'s>(
                         p.idle = false;
                         p.last_data = Instant::now();
                         read += batch.len();
+                        config.meter.records.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        let read_at = Instant::now();
                         for (bytes, offset) in batch.iter() {
                             classify(
                                 p,
@@ -239,6 +251,13 @@ pub fn source<'s>(
                                 &mut accepted,
                                 &mut rejected,
                             );
+                        }
+                        let batch_max = accepted.iter().map(|a| a.0).max();
+                        if let Some(t) = batch_max {
+                            let mut b = config.meter.batches.lock().unwrap();
+                            if b.len() < 1 << 16 {
+                                b.push_back((read_at, t, accepted.len() as u32));
+                            }
                         }
                         emit_sorted(&mut accepted, txn_cap, &mut txn_session);
                         emit_sorted(&mut rejected, rej_cap, &mut rej_session);

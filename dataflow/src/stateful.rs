@@ -108,7 +108,8 @@ where
         let mut report_caps = CapabilitySet::<Tick>::new();
         let mut buffered: BTreeMap<Tick, Vec<L::In>> = BTreeMap::new();
         let mut boundaries: BTreeSet<Tick> = BTreeSet::new();
-        let mut final_seen = false;
+        // The time of the `Final` marker, once seen: held to report the last snapshot.
+        let mut final_at: Option<Tick> = None;
         let mut finished = false;
         let mut emit = Emit::<L::Out>::default();
 
@@ -133,7 +134,7 @@ where
                         Marker::Commit(b) => {
                             boundaries.insert(b);
                         }
-                        Marker::Final => final_seen = true,
+                        Marker::Final => final_at = Some(t),
                     }
                 }
             });
@@ -179,9 +180,7 @@ where
                     hold.extend(logic.pending());
                     let mut report_hold = hold.clone();
                     report_hold.extend(boundaries.first().map(|b| b - 1));
-                    if final_seen {
-                        report_hold.push(f);
-                    }
+                    report_hold.extend(final_at);
                     downgrade(&mut row_caps, &hold);
                     downgrade(&mut report_caps, &report_hold);
                 }
@@ -189,7 +188,7 @@ where
                     // Input ended: watermarks are at +infinity.
                     advance(&mut logic, &mut buffered, Tick::MAX, None, &mut emit);
                     send(&mut emit, &mut rows, &mut reports);
-                    if final_seen {
+                    if final_at.is_some() {
                         let report = Report::State {
                             op: logic.name(),
                             boundary: None,
@@ -242,9 +241,13 @@ fn advance<L: Logic>(
 }
 
 fn downgrade(caps: &mut CapabilitySet<Tick>, hold: &[Tick]) {
-    match hold.iter().min() {
-        Some(&t) => caps.downgrade([t]),
-        None => caps.downgrade::<Tick, _>([]),
+    let held: Vec<Tick> = caps.iter().map(|c| *c.time()).collect();
+    let r = match hold.iter().min() {
+        Some(&t) => caps.try_downgrade([t]),
+        None => caps.try_downgrade::<Tick, _>([]),
+    };
+    if r.is_err() {
+        panic!("downgrade to {hold:?} from {held:?}");
     }
 }
 

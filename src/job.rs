@@ -1,0 +1,265 @@
+//! Runs one job: restore from the newest valid epoch, build the dataflow on
+//! every worker, run it to completion, and report.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tidemark_checkpoint::committer::{committer, CommitStatus, CommitterConfig};
+use tidemark_checkpoint::manifest::{self, Manifest};
+use tidemark_checkpoint::restore::restore_state;
+use tidemark_checkpoint::storage::{self, Storage};
+use tidemark_checkpoint::writer::{writer, WriterConfig};
+use tidemark_connectors::file::FileReader;
+use tidemark_connectors::gen_source::GenReader;
+use tidemark_connectors::generator::GenConfig;
+use tidemark_dataflow::event::Tick;
+use tidemark_dataflow::job::{build, Restored};
+use tidemark_dataflow::params::Params;
+use tidemark_dataflow::source::{source, Meter, PartitionReader, PartitionStart, SourceConfig};
+use timely::dataflow::operators::Probe;
+use timely::dataflow::ProbeHandle;
+
+use crate::progress::{Latency, Progress, Summary};
+
+pub enum SourceSpec {
+    Files(Vec<PathBuf>),
+    Generator(GenConfig),
+}
+
+impl SourceSpec {
+    fn partitions(&self) -> u32 {
+        match self {
+            SourceSpec::Files(f) => f.len() as u32,
+            SourceSpec::Generator(g) => g.partitions,
+        }
+    }
+    fn open(&self, p: u32, offset: u64) -> Result<Box<dyn PartitionReader>> {
+        Ok(match self {
+            SourceSpec::Files(f) => Box::new(FileReader::open(&f[p as usize], offset)?),
+            SourceSpec::Generator(g) => Box::new(GenReader::open(g, p, offset)),
+        })
+    }
+}
+
+pub struct JobSpec {
+    pub params: Params,
+    pub source: SourceSpec,
+    pub source_name: String,
+    pub output: String,
+    pub min_wall: Duration,
+    pub timely: timely::Config,
+}
+
+/// The parameters that shape state and outputs; a restore under different
+/// ones would mix two computations in one output.
+fn fingerprint(p: &Params) -> String {
+    let mut p = p.clone();
+    // Idle timeout and record size limits do not shape state.
+    p.idle_timeout_ms = 0;
+    manifest::sha256_hex(&serde_json::to_vec(&p).expect("params encode"))
+}
+
+pub fn run(spec: JobSpec) -> Result<Summary> {
+    let started = Instant::now();
+    let (peers, process) = crate::cluster::shape(&spec.timely);
+    let st: Arc<dyn Storage> = storage::open(&spec.output)?;
+
+    let (resume, problems) = manifest::newest_valid(&*st)?;
+    for p in &problems {
+        tracing::warn!(problem = %p, "skipping a damaged epoch");
+    }
+    let all_epochs = manifest::list_manifests(&*st)?;
+    let newest_gen = all_epochs
+        .iter()
+        .filter_map(|e| manifest::load(&*st, *e).ok())
+        .map(|m| m.job.generation)
+        .max()
+        .unwrap_or(0);
+    let generation = newest_gen + 1;
+    let fp = fingerprint(&spec.params);
+    if let Some(m) = &resume {
+        if !m.job.params_fingerprint.is_empty() && m.job.params_fingerprint != fp {
+            bail!(
+                "the configuration that shapes state and outputs (windows, dedup horizon, tick, detectors) changed since epoch {} was committed to {}; \
+                 restore with the same configuration, or write to a new output root",
+                m.epoch,
+                st.describe()
+            );
+        }
+        let positions = m.job.positions.len() as u32;
+        if positions > spec.source.partitions() {
+            bail!(
+                "epoch {} has positions for {positions} partitions but the input has {}: resume with the same inputs",
+                m.epoch,
+                spec.source.partitions()
+            );
+        }
+    }
+    if process == 0 {
+        // Damaged epochs newer than the one we resume from must make way for
+        // new commits of the same number.
+        let resume_epoch = resume.as_ref().map(|m| m.epoch);
+        for e in all_epochs.iter().filter(|e| resume_epoch.is_none_or(|r| **e > r)) {
+            let moved = manifest::quarantine(&*st, *e)?;
+            tracing::warn!(epoch = e, to = ?moved, "moved a damaged manifest aside");
+        }
+        let garbage = manifest::collect_garbage(&*st, generation)?;
+        if !garbage.is_empty() {
+            tracing::info!(files = garbage.len(), "collected files of uncommitted epochs");
+        }
+    }
+    match &resume {
+        Some(m) => tracing::info!(epoch = m.epoch, generation, "restoring"),
+        None => tracing::info!(generation, "starting fresh"),
+    }
+
+    let shared = Arc::new(Shared {
+        spec,
+        storage: st,
+        resume,
+        generation,
+        fingerprint: fp,
+        meter: Arc::new(Meter::default()),
+        status: Arc::new(Mutex::new(CommitStatus::default())),
+        latency: Arc::new(Mutex::new(Latency::new())),
+    });
+    let progress = Progress::start(shared.meter.clone(), shared.status.clone());
+
+    let worker_shared = shared.clone();
+    let guards = timely::execute(shared.spec.timely.clone(), move |worker| {
+        run_worker(worker, &worker_shared)
+    })
+    .map_err(|e| anyhow::anyhow!("starting the timely cluster: {e}"))?;
+    let mut failed = Vec::new();
+    for r in guards.join() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed.push(format!("{e:#}")),
+            Err(e) => failed.push(e),
+        }
+    }
+    progress.stop();
+    if !failed.is_empty() {
+        bail!("worker failed: {}", failed.join("; "));
+    }
+    let elapsed = started.elapsed();
+    let status = shared.status.lock().unwrap().clone();
+    let latency = shared.latency.lock().unwrap().clone();
+    Ok(Summary {
+        process,
+        peers,
+        read: shared.meter.records.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed,
+        status,
+        latency,
+        output: shared.storage.describe(),
+    })
+}
+
+struct Shared {
+    spec: JobSpec,
+    storage: Arc<dyn Storage>,
+    resume: Option<Manifest>,
+    generation: u64,
+    fingerprint: String,
+    meter: Arc<Meter>,
+    status: Arc<Mutex<CommitStatus>>,
+    latency: Arc<Mutex<Latency>>,
+}
+
+fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let params = sh.spec.params.clone();
+    let restored = match &sh.resume {
+        Some(m) => restore_state(&*sh.storage, m, params.tick_ms, index, peers)?,
+        None => Restored::default(),
+    };
+    let skip_below = restored.boundary.unwrap_or(Tick::MIN);
+
+    // Partitions are assigned by a fixed function of (partition, workers).
+    let mut readers = Vec::new();
+    for p in (0..sh.spec.source.partitions()).filter(|p| *p as usize % peers == index) {
+        let pos = sh
+            .resume
+            .as_ref()
+            .and_then(|m| m.job.positions.iter().find(|x| x.partition == p));
+        let start = PartitionStart {
+            partition: p,
+            offset: pos.map_or(0, |x| x.offset),
+            max_ts: pos.and_then(|x| x.max_ts),
+        };
+        let reader = sh
+            .spec
+            .source
+            .open(p, start.offset)
+            .with_context(|| format!("opening partition {p}"))?;
+        readers.push((start, reader));
+    }
+
+    let probe = ProbeHandle::new();
+    worker.dataflow::<Tick, _, _>(|scope| {
+        let (txns, rejects, positions) = source(
+            scope,
+            "Source",
+            params.clone(),
+            SourceConfig {
+                batch: 1024,
+                budget: 16 * 1024,
+                max_lag_ticks: 120,
+                skip_below,
+                meter: sh.meter.clone(),
+            },
+            readers,
+            probe.clone(),
+        );
+        let streams = build(&params, txns, rejects, positions, &restored, sh.spec.min_wall);
+        let reports = writer(
+            &streams,
+            WriterConfig {
+                storage: sh.storage.clone(),
+                generation: sh.generation,
+                source_name: sh.spec.source_name.clone(),
+                params: params.clone(),
+            },
+        );
+        let reports = reports.probe_with(&probe);
+        let meter = sh.meter.clone();
+        let latency = sh.latency.clone();
+        let tick_ms = params.tick_ms;
+        committer(
+            reports,
+            streams.positions.clone(),
+            streams.markers.clone(),
+            CommitterConfig {
+                storage: sh.storage.clone(),
+                generation: sh.generation,
+                source_name: sh.spec.source_name.clone(),
+                tick_ms: params.tick_ms,
+                interval_ms: params.checkpoint_interval_ms,
+                params_fingerprint: sh.fingerprint.clone(),
+                previous_epoch: sh.resume.as_ref().map(|m| m.epoch),
+                previous_positions: sh.resume.as_ref().map(|m| m.job.positions.clone()).unwrap_or_default(),
+            },
+            sh.status.clone(),
+            Box::new(move |epoch| {
+                // Every batch read with ticks below the epoch is now committed.
+                let now = Instant::now();
+                let limit = epoch / tick_ms;
+                let mut batches = meter.batches.lock().unwrap();
+                let mut lat = latency.lock().unwrap();
+                while let Some(&(at, t, n)) = batches.front() {
+                    if t >= limit {
+                        break;
+                    }
+                    lat.record(now.duration_since(at), n as u64);
+                    batches.pop_front();
+                }
+            }),
+        );
+    });
+    while worker.step_or_park(Some(Duration::from_millis(5))) {}
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! What a person sees: logs, a progress line on a terminal, the end summary.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tidemark_checkpoint::committer::CommitStatus;
+use tidemark_dataflow::source::Meter;
+
+pub fn init_logging(default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TIDEMARK_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // JSON lines for machines, human format on a terminal.
+    if std::io::stderr().is_terminal() {
+        let _ = builder.try_init();
+    } else {
+        let _ = builder.json().try_init();
+    }
+}
+
+/// Ingest-to-commit latency: from the moment a batch of records is read to
+/// the commit of the epoch that holds them.
+#[derive(Clone)]
+pub struct Latency(Histogram<u64>);
+
+impl Latency {
+    pub fn new() -> Self {
+        Latency(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"))
+    }
+    pub fn record(&mut self, d: Duration, n: u64) {
+        let _ = self.0.record_n(d.as_micros().clamp(1, 3_600_000_000) as u64, n);
+    }
+    fn ms(&self, q: f64) -> f64 {
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+pub struct Progress {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Progress {
+    /// A progress line every second on a terminal; nothing otherwise.
+    pub fn start(meter: Arc<Meter>, status: Arc<Mutex<CommitStatus>>) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = std::io::stderr().is_terminal().then(|| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let mut last = (Instant::now(), 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    if last.0.elapsed() < Duration::from_secs(1) {
+                        continue;
+                    }
+                    let read = meter.records.load(Ordering::Relaxed);
+                    let rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                    last = (Instant::now(), read);
+                    let s = status.lock().unwrap().clone();
+                    let epoch = s.last_epoch.map_or("none".into(), fmt_epoch);
+                    eprint!(
+                        "\r\x1b[K{:>6.1}s  read {read:>11}  {:>9.0} ev/s  committed epochs {:>4}, last {epoch}",
+                        t0.elapsed().as_secs_f64(),
+                        rate,
+                        s.epochs
+                    );
+                }
+                eprint!("\r\x1b[K");
+            })
+        });
+        Progress { stop, handle }
+    }
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn fmt_epoch(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub struct Summary {
+    pub process: usize,
+    pub peers: usize,
+    pub read: u64,
+    pub elapsed: Duration,
+    pub status: CommitStatus,
+    pub latency: Latency,
+    pub output: String,
+}
+
+impl Summary {
+    pub fn print(&self) {
+        let secs = self.elapsed.as_secs_f64();
+        let rows = |k: &str| self.status.rows.get(k).copied().unwrap_or(0);
+        println!("tidemark: process {} of a {}-worker job, output {}", self.process, self.peers, self.output);
+        println!(
+            "  read        {:>12} records in {secs:.2}s ({:.0} records/s)",
+            self.read,
+            self.read as f64 / secs.max(1e-9)
+        );
+        if self.process == 0 {
+            println!(
+                "  committed   {:>12} epochs, last {}",
+                self.status.epochs,
+                self.status.last_epoch.map_or("none".into(), |e| format!("{e} ({})", fmt_epoch(e)))
+            );
+            for k in ["transactions", "windows", "anomalies", "rejects"] {
+                println!("  {k:<12}{:>12}", rows(k));
+            }
+            println!("  duplicates  {:>12}", self.status.duplicates);
+            if self.latency.0.len() > 0 {
+                println!(
+                    "  ingest-to-commit latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+                    self.latency.ms(0.5),
+                    self.latency.ms(0.99),
+                    self.latency.ms(0.999)
+                );
+            }
+        }
+    }
+}
