@@ -37,7 +37,10 @@ pub fn timely_config(args: &ClusterArgs, file: &ClusterSection) -> Result<timely
         bail!("--processes (cluster.processes) must be at least 1");
     }
     if process >= processes {
-        bail!("--process {process} is out of range: with --processes {processes} use 0 to {}", processes - 1);
+        bail!(
+            "--process {process} is out of range: with --processes {processes} use 0 to {}",
+            processes - 1
+        );
     }
     let communication = if processes == 1 {
         if workers == 1 {
@@ -58,7 +61,9 @@ pub fn timely_config(args: &ClusterArgs, file: &ClusterSection) -> Result<timely
                     .collect()
             }
             None if !file.hosts.is_empty() => file.hosts.clone(),
-            None => (0..processes).map(|i| format!("localhost:{}", 2101 + i)).collect::<Vec<_>>(),
+            None => (0..processes)
+                .map(|i| format!("localhost:{}", 2101 + i))
+                .collect::<Vec<_>>(),
         };
         if addresses.len() < processes {
             bail!(

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use tidemark_dataflow::event::{GroupField, Metric};
-use tidemark_dataflow::params::{Aggregate, Params, TxnZParams, WindowKind, WindowSpec, WindowZParams};
+use tidemark_dataflow::params::{
+    Aggregate, Params, TxnZParams, WindowKind, WindowSpec, WindowZParams,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,7 +125,9 @@ pub struct DedupSection {
 }
 impl Default for DedupSection {
     fn default() -> Self {
-        DedupSection { horizon: "10m".into() }
+        DedupSection {
+            horizon: "10m".into(),
+        }
     }
 }
 
@@ -156,11 +160,18 @@ pub struct WindowSection {
 }
 
 fn all_aggregates() -> Vec<String> {
-    ["count", "sum", "avg", "min", "max"].map(String::from).to_vec()
+    ["count", "sum", "avg", "min", "max"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn default_windows() -> Vec<WindowSection> {
-    let w = |name: &str, kind: &str, size: Option<&str>, slide: Option<&str>, gap: Option<&str>, by: &str| WindowSection {
+    let w = |name: &str,
+             kind: &str,
+             size: Option<&str>,
+             slide: Option<&str>,
+             gap: Option<&str>,
+             by: &str| WindowSection {
         name: name.into(),
         kind: kind.into(),
         size: size.map(Into::into),
@@ -171,8 +182,22 @@ fn default_windows() -> Vec<WindowSection> {
     };
     vec![
         w("status_1m", "tumbling", Some("1m"), None, None, "status"),
-        w("merchant_5m", "sliding", Some("5m"), Some("1m"), None, "merchant"),
-        w("customer_session", "session", None, None, Some("30m"), "customer_id"),
+        w(
+            "merchant_5m",
+            "sliding",
+            Some("5m"),
+            Some("1m"),
+            None,
+            "merchant",
+        ),
+        w(
+            "customer_session",
+            "session",
+            None,
+            None,
+            Some("30m"),
+            "customer_id",
+        ),
     ]
 }
 
@@ -257,13 +282,18 @@ impl Config {
                 bail!("{at}.name is used twice: window names must be unique");
             }
             let need = |field: &str, v: &Option<String>| -> Result<i64> {
-                let v = v
-                    .as_ref()
-                    .with_context(|| format!("{at}.{field} is missing: a {} window needs it", w.kind))?;
-                multiple(&format!("{at}.{field}"), duration_ms(&format!("{at}.{field}"), v)?)
+                let v = v.as_ref().with_context(|| {
+                    format!("{at}.{field} is missing: a {} window needs it", w.kind)
+                })?;
+                multiple(
+                    &format!("{at}.{field}"),
+                    duration_ms(&format!("{at}.{field}"), v)?,
+                )
             };
             let kind = match w.kind.as_str() {
-                "tumbling" => WindowKind::Tumbling { size_ms: need("size", &w.size)? },
+                "tumbling" => WindowKind::Tumbling {
+                    size_ms: need("size", &w.size)?,
+                },
                 "sliding" => {
                     let size_ms = need("size", &w.size)?;
                     let slide_ms = need("slide", &w.slide)?;
@@ -272,8 +302,12 @@ impl Config {
                     }
                     WindowKind::Sliding { size_ms, slide_ms }
                 }
-                "session" => WindowKind::Session { gap_ms: need("gap", &w.gap)? },
-                other => bail!("{at}.kind = {other:?}: use \"tumbling\", \"sliding\" or \"session\""),
+                "session" => WindowKind::Session {
+                    gap_ms: need("gap", &w.gap)?,
+                },
+                other => {
+                    bail!("{at}.kind = {other:?}: use \"tumbling\", \"sliding\" or \"session\"")
+                }
             };
             if w.group_by.is_empty() {
                 bail!("{at}.group_by is empty: name at least one of status, currency, customer_id, merchant, category");
@@ -297,7 +331,9 @@ impl Config {
                         "avg" => Aggregate::Avg,
                         "min" => Aggregate::Min,
                         "max" => Aggregate::Max,
-                        other => bail!("{at}.aggregates: unknown {other:?}; use count, sum, avg, min, max"),
+                        other => bail!(
+                            "{at}.aggregates: unknown {other:?}; use count, sum, avg, min, max"
+                        ),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -323,19 +359,27 @@ impl Config {
             .map(|m| match m.as_str() {
                 "txn_count" => Ok(Metric::TxnCount),
                 "sum_cents" => Ok(Metric::SumCents),
-                other => bail!("anomaly.window.metrics: unknown {other:?}; use txn_count or sum_cents"),
+                other => {
+                    bail!("anomaly.window.metrics: unknown {other:?}; use txn_count or sum_cents")
+                }
             })
             .collect::<Result<Vec<_>>>()?;
         if wa.history == 0 {
             bail!("anomaly.window.history must be at least 1");
         }
-        let interval = multiple("checkpoint.interval", duration_ms("checkpoint.interval", &self.checkpoint.interval)?)?;
+        let interval = multiple(
+            "checkpoint.interval",
+            duration_ms("checkpoint.interval", &self.checkpoint.interval)?,
+        )?;
         if self.validation.max_record_bytes == 0 {
             bail!("validation.max_record_bytes must be at least 1");
         }
         Ok(Params {
             tick_ms,
-            max_out_of_orderness_ms: duration_ms("time.max_out_of_orderness", &self.time.max_out_of_orderness)?,
+            max_out_of_orderness_ms: duration_ms(
+                "time.max_out_of_orderness",
+                &self.time.max_out_of_orderness,
+            )?,
             idle_timeout_ms: duration_ms("time.idle_timeout", &self.time.idle_timeout)? as u64,
             max_record_bytes: self.validation.max_record_bytes,
             dedup_horizon_ms: duration_ms("dedup.horizon", &self.dedup.horizon)?,
@@ -359,7 +403,10 @@ impl Config {
     }
 
     pub fn min_wall_interval(&self) -> Result<std::time::Duration> {
-        let ms = duration_ms("checkpoint.min_wall_interval", &self.checkpoint.min_wall_interval)?;
+        let ms = duration_ms(
+            "checkpoint.min_wall_interval",
+            &self.checkpoint.min_wall_interval,
+        )?;
         Ok(std::time::Duration::from_millis(ms as u64))
     }
 }
@@ -382,7 +429,9 @@ pub fn duration_ms(field: &str, s: &str) -> Result<i64> {
         "" if n == 0 => 1,
         _ => bail!("{field} = {s:?} has an unknown unit {unit:?}: use ms, s, m, h or d"),
     };
-    let v = n.checked_mul(scale).with_context(|| format!("{field} = {s:?} is too large"))?;
+    let v = n
+        .checked_mul(scale)
+        .with_context(|| format!("{field} = {s:?} is too large"))?;
     if v <= 0 && field != "checkpoint.min_wall_interval" {
         bail!("{field} must be greater than zero");
     }
@@ -411,12 +460,15 @@ mod tests {
     fn errors_name_the_field() {
         let e = format!("{:#}", Config::parse("[job]\noutptu = 'x'\n").unwrap_err());
         assert!(e.contains("outptu"), "{e}");
+        let e = format!("{:#}", Config::parse("[time]\ntick = '7s'\n").unwrap_err());
+        assert!(
+            e.contains("windows[0]") && e.contains("multiple of time.tick"),
+            "{e}"
+        );
         let e = format!(
             "{:#}",
-            Config::parse("[time]\ntick = '7s'\n").unwrap_err()
+            Config::parse("[dedup]\nhorizon = '10 minutes'\n").unwrap_err()
         );
-        assert!(e.contains("windows[0]") && e.contains("multiple of time.tick"), "{e}");
-        let e = format!("{:#}", Config::parse("[dedup]\nhorizon = '10 minutes'\n").unwrap_err());
         assert!(e.contains("dedup.horizon"), "{e}");
         assert_eq!(duration_ms("x", "1500ms").unwrap(), 1500);
         assert_eq!(duration_ms("x", "2h").unwrap(), 7_200_000);

@@ -27,7 +27,10 @@ pub fn inspect(root: &str, json: bool) -> Result<ExitCode> {
                     }
                 }
                 duplicates += m.job.counts.duplicates;
-                rows.push((*e, Some((counts, m.job.counts.duplicates, m.job.generation))));
+                rows.push((
+                    *e,
+                    Some((counts, m.job.counts.duplicates, m.job.generation)),
+                ));
             }
             Err(_) => rows.push((*e, None)),
         }
@@ -36,11 +39,14 @@ pub fn inspect(root: &str, json: bool) -> Result<ExitCode> {
         let epochs_json: Vec<_> = rows
             .iter()
             .map(|(e, r)| match r {
-                Some((c, d, g)) => serde_json::json!({"epoch": e, "generation": g, "rows": c, "duplicates": d}),
+                Some((c, d, g)) => {
+                    serde_json::json!({"epoch": e, "generation": g, "rows": c, "duplicates": d})
+                }
                 None => serde_json::json!({"epoch": e, "damaged": true}),
             })
             .collect();
-        let out = serde_json::json!({"epochs": epochs_json, "totals": totals, "duplicates": duplicates});
+        let out =
+            serde_json::json!({"epochs": epochs_json, "totals": totals, "duplicates": duplicates});
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }

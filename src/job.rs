@@ -101,13 +101,19 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
         // Damaged epochs newer than the one we resume from must make way for
         // new commits of the same number.
         let resume_epoch = resume.as_ref().map(|m| m.epoch);
-        for e in all_epochs.iter().filter(|e| resume_epoch.is_none_or(|r| **e > r)) {
+        for e in all_epochs
+            .iter()
+            .filter(|e| resume_epoch.is_none_or(|r| **e > r))
+        {
             let moved = manifest::quarantine(&*st, *e)?;
             tracing::warn!(epoch = e, to = ?moved, "moved a damaged manifest aside");
         }
         let garbage = manifest::collect_garbage(&*st, generation)?;
         if !garbage.is_empty() {
-            tracing::info!(files = garbage.len(), "collected files of uncommitted epochs");
+            tracing::info!(
+                files = garbage.len(),
+                "collected files of uncommitted epochs"
+            );
         }
     }
     match &resume {
@@ -150,7 +156,10 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
     Ok(Summary {
         process,
         peers,
-        read: shared.meter.records.load(std::sync::atomic::Ordering::Relaxed),
+        read: shared
+            .meter
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed),
         elapsed,
         status,
         latency,
@@ -215,7 +224,14 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
             readers,
             probe.clone(),
         );
-        let streams = build(&params, txns, rejects, positions, &restored, sh.spec.min_wall);
+        let streams = build(
+            &params,
+            txns,
+            rejects,
+            positions,
+            &restored,
+            sh.spec.min_wall,
+        );
         let reports = writer(
             &streams,
             WriterConfig {
@@ -241,7 +257,11 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
                 interval_ms: params.checkpoint_interval_ms,
                 params_fingerprint: sh.fingerprint.clone(),
                 previous_epoch: sh.resume.as_ref().map(|m| m.epoch),
-                previous_positions: sh.resume.as_ref().map(|m| m.job.positions.clone()).unwrap_or_default(),
+                previous_positions: sh
+                    .resume
+                    .as_ref()
+                    .map(|m| m.job.positions.clone())
+                    .unwrap_or_default(),
             },
             sh.status.clone(),
             Box::new(move |epoch| {

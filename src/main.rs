@@ -136,7 +136,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     SourceSpec::Generator(g)
                 }
                 "files" => SourceSpec::Files(
-                    tidemark_connectors::file::expand_inputs(&cfg.source.paths).context("source.paths")?,
+                    tidemark_connectors::file::expand_inputs(&cfg.source.paths)
+                        .context("source.paths")?,
                 ),
                 other => anyhow::bail!("source.kind = {other:?}: use \"generator\" or \"files\""),
             };

@@ -12,8 +12,11 @@ use tidemark_dataflow::source::Meter;
 
 pub fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TIDEMARK_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("TIDEMARK_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // JSON lines for machines, human format on a terminal.
     if std::io::stderr().is_terminal() {
         let _ = builder.try_init();
@@ -32,7 +35,9 @@ impl Latency {
         Latency(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"))
     }
     pub fn record(&mut self, d: Duration, n: u64) {
-        let _ = self.0.record_n(d.as_micros().clamp(1, 3_600_000_000) as u64, n);
+        let _ = self
+            .0
+            .record_n(d.as_micros().clamp(1, 3_600_000_000) as u64, n);
     }
     fn ms(&self, q: f64) -> f64 {
         self.0.value_at_quantile(q) as f64 / 1000.0
@@ -119,7 +124,10 @@ impl Summary {
     pub fn print(&self) {
         let secs = self.elapsed.as_secs_f64();
         let rows = |k: &str| self.status.rows.get(k).copied().unwrap_or(0);
-        println!("tidemark: process {} of a {}-worker job, output {}", self.process, self.peers, self.output);
+        println!(
+            "tidemark: process {} of a {}-worker job, output {}",
+            self.process, self.peers, self.output
+        );
         println!(
             "  read        {:>12} records in {secs:.2}s ({:.0} records/s)",
             self.read,
@@ -129,13 +137,15 @@ impl Summary {
             println!(
                 "  committed   {:>12} epochs, last {}",
                 self.status.epochs,
-                self.status.last_epoch.map_or("none".into(), |e| format!("{e} ({})", fmt_epoch(e)))
+                self.status
+                    .last_epoch
+                    .map_or("none".into(), |e| format!("{e} ({})", fmt_epoch(e)))
             );
             for k in ["transactions", "windows", "anomalies", "rejects"] {
                 println!("  {k:<12}{:>12}", rows(k));
             }
             println!("  duplicates  {:>12}", self.status.duplicates);
-            if self.latency.0.len() > 0 {
+            if !self.latency.0.is_empty() {
                 println!(
                     "  ingest-to-commit latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
                     self.latency.ms(0.5),

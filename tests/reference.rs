@@ -1,6 +1,7 @@
 //! Tests of the test oracle (tests/common/reference.rs) on tiny hand-written
 //! inputs with hand-computed expectations, and the main end-to-end check:
 //! a replay's committed outputs equal the reference's.
+#![allow(clippy::type_complexity)]
 
 mod common;
 
@@ -128,7 +129,10 @@ fn timestamps_parse_to_utc_milliseconds() {
     assert_eq!(parse_timestamp("2024-01-01T00:00:00.5Z"), Some(T0 + 500));
     assert_eq!(parse_timestamp("2024-01-01T01:00:00+01:00"), Some(T0));
     assert_eq!(parse_timestamp("2023-12-31T23:30:00-00:30"), Some(T0));
-    assert_eq!(parse_timestamp("2024-02-29T00:00:00Z"), Some(T0 + 59 * 86_400_000));
+    assert_eq!(
+        parse_timestamp("2024-02-29T00:00:00Z"),
+        Some(T0 + 59 * 86_400_000)
+    );
     assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some(0));
     assert_eq!(parse_timestamp("1969-12-31T23:59:59.9999Z"), Some(-1));
     for bad in [
@@ -158,9 +162,21 @@ fn timestamps_parse_to_utc_milliseconds() {
 
 #[test]
 fn json_checker() {
-    assert!(matches!(parse_json(r#" {"a":[1,{"b":null}],"c":"\ud83d\ude00"} "#), Ok(Json::Object(_))));
-    assert_eq!(parse_json(r#"{"a":"\u0041\n"}"#), Ok(Json::Object(vec![("a".into(), Json::String("A\n".into()))])));
-    assert_eq!(parse_json(r#"{"a":1e400}"#), Ok(Json::Object(vec![("a".into(), Json::Number("1e400".into()))])));
+    assert!(matches!(
+        parse_json(r#" {"a":[1,{"b":null}],"c":"\ud83d\ude00"} "#),
+        Ok(Json::Object(_))
+    ));
+    assert_eq!(
+        parse_json(r#"{"a":"\u0041\n"}"#),
+        Ok(Json::Object(vec![("a".into(), Json::String("A\n".into()))]))
+    );
+    assert_eq!(
+        parse_json(r#"{"a":1e400}"#),
+        Ok(Json::Object(vec![(
+            "a".into(),
+            Json::Number("1e400".into())
+        )]))
+    );
     let deep = format!("{{\"a\":{}{}}}", "[".repeat(200_000), "]".repeat(200_000));
     assert!(parse_json(&deep).is_ok());
     for bad in [
@@ -202,56 +218,128 @@ fn reject_reasons_and_precedence() {
     assert_eq!(reason_of(b"[]"), "MALFORMED");
     assert_eq!(reason_of(b"\"x\""), "MALFORMED");
     assert_eq!(reason_of(format!("\u{feff}{ok}").as_bytes()), "MALFORMED");
-    assert_eq!(reason_of(with_field("amount", Some("NaN")).as_bytes()), "MALFORMED");
-    assert_eq!(reason_of(with_field("merchant", Some(r#""\ud800""#)).as_bytes()), "MALFORMED");
-    assert_eq!(reason_of(format!("{},\"status\":\"X\"}}", &ok[..ok.len() - 1]).as_bytes()), "MALFORMED");
+    assert_eq!(
+        reason_of(with_field("amount", Some("NaN")).as_bytes()),
+        "MALFORMED"
+    );
+    assert_eq!(
+        reason_of(with_field("merchant", Some(r#""\ud800""#)).as_bytes()),
+        "MALFORMED"
+    );
+    assert_eq!(
+        reason_of(format!("{},\"status\":\"X\"}}", &ok[..ok.len() - 1]).as_bytes()),
+        "MALFORMED"
+    );
     let mut bad_utf8 = ok.clone().into_bytes();
     bad_utf8[3] = 0xff;
     assert_eq!(reason_of(&bad_utf8), "MALFORMED");
 
     // MISSING_FIELD, ahead of later rules
-    assert_eq!(reason_of(with_field("timestamp", None).as_bytes()), "MISSING_FIELD");
-    assert_eq!(reason_of(with_field("category", Some("null")).as_bytes()), "MISSING_FIELD");
-    let missing_and_bad = with_field("currency", Some(r#""usd""#)).replace(r#""status":"COMPLETED","#, "");
+    assert_eq!(
+        reason_of(with_field("timestamp", None).as_bytes()),
+        "MISSING_FIELD"
+    );
+    assert_eq!(
+        reason_of(with_field("category", Some("null")).as_bytes()),
+        "MISSING_FIELD"
+    );
+    let missing_and_bad =
+        with_field("currency", Some(r#""usd""#)).replace(r#""status":"COMPLETED","#, "");
     assert_eq!(reason_of(missing_and_bad.as_bytes()), "MISSING_FIELD");
 
     // BAD_FIELD
-    assert_eq!(reason_of(with_field("transaction_id", Some(r#""""#)).as_bytes()), "BAD_FIELD");
-    assert_eq!(reason_of(with_field("customer_id", Some("7")).as_bytes()), "BAD_FIELD");
+    assert_eq!(
+        reason_of(with_field("transaction_id", Some(r#""""#)).as_bytes()),
+        "BAD_FIELD"
+    );
+    assert_eq!(
+        reason_of(with_field("customer_id", Some("7")).as_bytes()),
+        "BAD_FIELD"
+    );
     let id128 = format!("\"{}\"", "é".repeat(64)); // 128 bytes
     let id130 = format!("\"{}\"", "é".repeat(65)); // 130 bytes
-    assert_eq!(reason_of(with_field("transaction_id", Some(&id128)).as_bytes()), "OK");
-    assert_eq!(reason_of(with_field("transaction_id", Some(&id130)).as_bytes()), "BAD_FIELD");
-    assert_eq!(reason_of(with_field("merchant", Some(r#""""#)).as_bytes()), "OK");
-    assert_eq!(reason_of(with_field("merchant", Some("1")).as_bytes()), "BAD_FIELD");
-    assert_eq!(reason_of(with_field("metadata", Some(r#"{"a":1}"#)).as_bytes()), "BAD_FIELD");
-    assert_eq!(reason_of(with_field("metadata", Some(r#"["a"]"#)).as_bytes()), "BAD_FIELD");
-    assert_eq!(reason_of(with_field("metadata", Some("null")).as_bytes()), "OK");
+    assert_eq!(
+        reason_of(with_field("transaction_id", Some(&id128)).as_bytes()),
+        "OK"
+    );
+    assert_eq!(
+        reason_of(with_field("transaction_id", Some(&id130)).as_bytes()),
+        "BAD_FIELD"
+    );
+    assert_eq!(
+        reason_of(with_field("merchant", Some(r#""""#)).as_bytes()),
+        "OK"
+    );
+    assert_eq!(
+        reason_of(with_field("merchant", Some("1")).as_bytes()),
+        "BAD_FIELD"
+    );
+    assert_eq!(
+        reason_of(with_field("metadata", Some(r#"{"a":1}"#)).as_bytes()),
+        "BAD_FIELD"
+    );
+    assert_eq!(
+        reason_of(with_field("metadata", Some(r#"["a"]"#)).as_bytes()),
+        "BAD_FIELD"
+    );
+    assert_eq!(
+        reason_of(with_field("metadata", Some("null")).as_bytes()),
+        "OK"
+    );
     // BAD_FIELD wins over BAD_AMOUNT
     let two = with_field("merchant", Some("1")).replace("12.50", "0");
     assert_eq!(reason_of(two.as_bytes()), "BAD_FIELD");
 
     // BAD_AMOUNT
     for a in [r#""12.50""#, "0", "-1", "1000000", "12.345", "true"] {
-        assert_eq!(reason_of(with_field("amount", Some(a)).as_bytes()), "BAD_AMOUNT", "{a}");
+        assert_eq!(
+            reason_of(with_field("amount", Some(a)).as_bytes()),
+            "BAD_AMOUNT",
+            "{a}"
+        );
     }
-    assert_eq!(reason_of(with_field("amount", Some("12.500")).as_bytes()), "OK");
+    assert_eq!(
+        reason_of(with_field("amount", Some("12.500")).as_bytes()),
+        "OK"
+    );
     // BAD_AMOUNT wins over BAD_CURRENCY
     let two = with_field("currency", Some(r#""usd""#)).replace("12.50", "0");
     assert_eq!(reason_of(two.as_bytes()), "BAD_AMOUNT");
 
     // BAD_CURRENCY, BAD_STATUS, BAD_TIMESTAMP
-    assert_eq!(reason_of(with_field("currency", Some(r#""usd""#)).as_bytes()), "BAD_CURRENCY");
-    assert_eq!(reason_of(with_field("currency", Some("1")).as_bytes()), "BAD_CURRENCY");
-    assert_eq!(reason_of(with_field("currency", Some(r#""US\u0044""#)).as_bytes()), "OK");
-    assert_eq!(reason_of(with_field("status", Some(r#""completed""#)).as_bytes()), "BAD_STATUS");
-    let two = with_field("status", Some(r#""X""#)).replace("2024-01-01T00:00:00Z", "2024-02-30T00:00:00Z");
+    assert_eq!(
+        reason_of(with_field("currency", Some(r#""usd""#)).as_bytes()),
+        "BAD_CURRENCY"
+    );
+    assert_eq!(
+        reason_of(with_field("currency", Some("1")).as_bytes()),
+        "BAD_CURRENCY"
+    );
+    assert_eq!(
+        reason_of(with_field("currency", Some(r#""US\u0044""#)).as_bytes()),
+        "OK"
+    );
+    assert_eq!(
+        reason_of(with_field("status", Some(r#""completed""#)).as_bytes()),
+        "BAD_STATUS"
+    );
+    let two = with_field("status", Some(r#""X""#))
+        .replace("2024-01-01T00:00:00Z", "2024-02-30T00:00:00Z");
     assert_eq!(reason_of(two.as_bytes()), "BAD_STATUS");
-    assert_eq!(reason_of(with_field("timestamp", Some(r#""2024-02-30T00:00:00Z""#)).as_bytes()), "BAD_TIMESTAMP");
-    assert_eq!(reason_of(with_field("timestamp", Some("1704067200000")).as_bytes()), "BAD_TIMESTAMP");
+    assert_eq!(
+        reason_of(with_field("timestamp", Some(r#""2024-02-30T00:00:00Z""#)).as_bytes()),
+        "BAD_TIMESTAMP"
+    );
+    assert_eq!(
+        reason_of(with_field("timestamp", Some("1704067200000")).as_bytes()),
+        "BAD_TIMESTAMP"
+    );
 
     // Unknown extra fields are ignored, whatever they hold.
-    assert_eq!(reason_of(with_field("extra", Some(r#"{"x":[1e999,{"y":null}]}"#)).as_bytes()), "OK");
+    assert_eq!(
+        reason_of(with_field("extra", Some(r#"{"x":[1e999,{"y":null}]}"#)).as_bytes()),
+        "OK"
+    );
     // Surrounding JSON whitespace, including a trailing \r, is fine.
     assert_eq!(reason_of(format!(" {ok}\r").as_bytes()), "OK");
 }
@@ -259,7 +347,10 @@ fn reject_reasons_and_precedence() {
 #[test]
 fn too_large_is_first_and_exact_size_is_fine() {
     let ok = with_field("status", Some(r#""COMPLETED""#));
-    let p = RefParams { max_record_bytes: ok.len(), ..RefParams::default() };
+    let p = RefParams {
+        max_record_bytes: ok.len(),
+        ..RefParams::default()
+    };
     assert_eq!(reason_with(ok.as_bytes(), &p), "OK");
     assert_eq!(reason_with(format!("{ok} ").as_bytes(), &p), "TOO_LARGE");
     let junk = "x".repeat(ok.len() + 1);
@@ -272,7 +363,14 @@ fn reject_rows_keep_raw_bytes() {
     assert_eq!(out.rejects.len(), 1);
     let r = &out.rejects[0];
     assert_eq!(
-        (r.raw.as_str(), r.raw_encoding.as_str(), r.reason.as_str(), r.source.as_str(), r.partition, r.offset),
+        (
+            r.raw.as_str(),
+            r.raw_encoding.as_str(),
+            r.reason.as_str(),
+            r.source.as_str(),
+            r.partition,
+            r.offset
+        ),
         ("nope\r", "utf8", "MALFORMED", "transactions", 1, 0)
     );
     let out = compute_records(&[vec![b"a\xffb".to_vec()]], &RefParams::default());
@@ -286,18 +384,29 @@ fn files_lines_and_partition_order() {
     let a = simple("a1", 0);
     let b = simple("b1", 0);
     // b.jsonl: CRLF lines, no final newline; the \r stays in each record.
-    std::fs::write(dir.join("b.jsonl"), format!("{b}\r\nbroken\r\n{}", simple("b2", SEC))).unwrap();
+    std::fs::write(
+        dir.join("b.jsonl"),
+        format!("{b}\r\nbroken\r\n{}", simple("b2", SEC)),
+    )
+    .unwrap();
     // a.jsonl.gz: final newline does not make a record, but a blank line does.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut gz, format!("{a}\n\n{}\n", simple("a2", SEC)).as_bytes()).unwrap();
+    std::io::Write::write_all(
+        &mut gz,
+        format!("{a}\n\n{}\n", simple("a2", SEC)).as_bytes(),
+    )
+    .unwrap();
     std::fs::write(dir.join("a.jsonl.gz"), gz.finish().unwrap()).unwrap();
 
     let files = vec![dir.join("b.jsonl"), dir.join("a.jsonl.gz")];
     assert_eq!(reference::read_records(&files[0]).len(), 3);
     assert_eq!(reference::read_records(&files[1]).len(), 3);
     let out = compute(&files, &RefParams::default());
-    let mut kept: Vec<(String, i32, i64)> =
-        out.transactions.iter().map(|t| (t.transaction_id.clone(), t.partition, t.offset)).collect();
+    let mut kept: Vec<(String, i32, i64)> = out
+        .transactions
+        .iter()
+        .map(|t| (t.transaction_id.clone(), t.partition, t.offset))
+        .collect();
     kept.sort();
     assert_eq!(
         kept,
@@ -308,12 +417,18 @@ fn files_lines_and_partition_order() {
             ("b2".to_string(), 1, 2)
         ]
     );
-    let mut rejects: Vec<(i32, i64, String, String)> =
-        out.rejects.iter().map(|r| (r.partition, r.offset, r.raw.clone(), r.reason.clone())).collect();
+    let mut rejects: Vec<(i32, i64, String, String)> = out
+        .rejects
+        .iter()
+        .map(|r| (r.partition, r.offset, r.raw.clone(), r.reason.clone()))
+        .collect();
     rejects.sort();
     assert_eq!(
         rejects,
-        vec![(0, 1, "".to_string(), "MALFORMED".to_string()), (1, 1, "broken\r".to_string(), "MALFORMED".to_string())]
+        vec![
+            (0, 1, "".to_string(), "MALFORMED".to_string()),
+            (1, 1, "broken\r".to_string(), "MALFORMED".to_string())
+        ]
     );
 }
 
@@ -335,14 +450,20 @@ fn transaction_columns() {
     assert_eq!(t.event_time, T0 + 7 * 86_400_000 + 30 * MIN + 250);
     assert_eq!((t.hour_of_day, t.day_of_week), (0, 1));
     assert_eq!(t.metadata.as_deref(), Some(r#"{"a":"q\"é\u0001","z":"1"}"#));
-    assert_eq!((t.source.as_str(), t.partition, t.offset), ("transactions", 0, 0));
+    assert_eq!(
+        (t.source.as_str(), t.partition, t.offset),
+        ("transactions", 0, 0)
+    );
 
     assert_eq!(reference::amount_category(9_999), "small");
     assert_eq!(reference::amount_category(10_000), "medium");
     assert_eq!(reference::amount_category(99_999), "medium");
     assert_eq!(reference::amount_category(100_000), "large");
     // 2024-01-07T12:00Z is a Sunday.
-    assert_eq!(reference::hour_and_weekday(T0 + 6 * 86_400_000 + 12 * 3_600_000), (12, 7));
+    assert_eq!(
+        reference::hour_and_weekday(T0 + 6 * 86_400_000 + 12 * 3_600_000),
+        (12, 7)
+    );
     assert_eq!(reference::hour_and_weekday(-1), (23, 3)); // 1969-12-31, a Wednesday
 }
 
@@ -353,21 +474,32 @@ fn transaction_columns() {
 #[test]
 fn lateness_is_per_partition_and_rejects_do_not_move_max_ts() {
     let p0 = vec![
-        simple("a", 100 * SEC),                              // max_ts 100 s, wm 90 s
-        simple("b", 90 * SEC - 1),                           // below wm: LATE
-        simple("c", 90 * SEC),                               // at wm: accepted
-        rec("d", "c1", "10.00", "NOPE", "m1", 500 * SEC),    // BAD_STATUS: max_ts stays
-        simple("e", 95 * SEC),                               // accepted
-        simple("a", 300 * SEC),                              // duplicate of a, but moves max_ts to 300 s
-        simple("f", 290 * SEC - 1),                          // LATE
-        simple("g", 290 * SEC),                              // accepted
+        simple("a", 100 * SEC),                           // max_ts 100 s, wm 90 s
+        simple("b", 90 * SEC - 1),                        // below wm: LATE
+        simple("c", 90 * SEC),                            // at wm: accepted
+        rec("d", "c1", "10.00", "NOPE", "m1", 500 * SEC), // BAD_STATUS: max_ts stays
+        simple("e", 95 * SEC),                            // accepted
+        simple("a", 300 * SEC), // duplicate of a, but moves max_ts to 300 s
+        simple("f", 290 * SEC - 1), // LATE
+        simple("g", 290 * SEC), // accepted
     ];
     let p1 = vec![simple("h", 0)]; // its own partition: not late
     let out = run(&[p0, p1]);
-    let mut rejects: Vec<(i32, i64, &str)> = out.rejects.iter().map(|r| (r.partition, r.offset, r.reason.as_str())).collect();
+    let mut rejects: Vec<(i32, i64, &str)> = out
+        .rejects
+        .iter()
+        .map(|r| (r.partition, r.offset, r.reason.as_str()))
+        .collect();
     rejects.sort();
-    assert_eq!(rejects, vec![(0, 1, "LATE"), (0, 3, "BAD_STATUS"), (0, 6, "LATE")]);
-    let mut kept: Vec<&str> = out.transactions.iter().map(|t| t.transaction_id.as_str()).collect();
+    assert_eq!(
+        rejects,
+        vec![(0, 1, "LATE"), (0, 3, "BAD_STATUS"), (0, 6, "LATE")]
+    );
+    let mut kept: Vec<&str> = out
+        .transactions
+        .iter()
+        .map(|t| t.transaction_id.as_str())
+        .collect();
     kept.sort();
     assert_eq!(kept, vec!["a", "c", "e", "g", "h"]);
     assert_eq!(out.duplicates, 1);
@@ -395,12 +527,25 @@ fn duplicates_within_and_beyond_the_horizon() {
     let mut kept: Vec<(&str, &str, i32, i64)> = out
         .transactions
         .iter()
-        .map(|t| (t.transaction_id.as_str(), t.merchant.as_str(), t.partition, t.offset))
+        .map(|t| {
+            (
+                t.transaction_id.as_str(),
+                t.merchant.as_str(),
+                t.partition,
+                t.offset,
+            )
+        })
         .collect();
     kept.sort();
     assert_eq!(
         kept,
-        vec![("d", "first", 0, 0), ("d", "third", 0, 3), ("e", "e0", 0, 1), ("f", "f0", 0, 2), ("f", "f1", 1, 2)]
+        vec![
+            ("d", "first", 0, 0),
+            ("d", "third", 0, 3),
+            ("e", "e0", 0, 1),
+            ("f", "f0", 0, 2),
+            ("f", "f1", 1, 2)
+        ]
     );
     assert_eq!(out.duplicates, 3);
     assert!(out.rejects.is_empty());
@@ -417,9 +562,16 @@ fn dedup_tie_break_is_partition_then_offset() {
     let p1 = vec![rec("x", "c1", "1.00", "COMPLETED", "p1-o0", at)];
     // Partition 1's copy has the lower offset, but partition 0 wins; then offset 1 over 2.
     let out = run(&[p0, p1]);
-    let x: Vec<_> = out.transactions.iter().filter(|t| t.transaction_id == "x").collect();
+    let x: Vec<_> = out
+        .transactions
+        .iter()
+        .filter(|t| t.transaction_id == "x")
+        .collect();
     assert_eq!(x.len(), 1);
-    assert_eq!((x[0].merchant.as_str(), x[0].partition, x[0].offset), ("p0-o1", 0, 1));
+    assert_eq!(
+        (x[0].merchant.as_str(), x[0].partition, x[0].offset),
+        ("p0-o1", 0, 1)
+    );
     assert_eq!(out.duplicates, 2);
 }
 
@@ -443,29 +595,101 @@ fn sliding_and_tumbling_membership() {
         rec("1", "c1", "10.00", "COMPLETED", "m", 3 * MIN + 30 * SEC),
         rec("2", "c1", "2.50", "FAILED", "m", 5 * MIN - 1),
     ]]);
-    let got: Vec<(i64, i64, Option<i64>, Option<i64>, Option<f64>, Option<i64>, Option<i64>)> = windows_of(&out, "merchant_5m")
+    let got: Vec<(
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<f64>,
+        Option<i64>,
+        Option<i64>,
+    )> = windows_of(&out, "merchant_5m")
         .iter()
         .map(|w| {
             assert_eq!(w.group, group("merchant", "m"));
-            (w.window_start - T0, w.window_end - w.window_start, w.txn_count, w.sum_cents, w.avg_amount, w.min_cents, w.max_cents)
+            (
+                w.window_start - T0,
+                w.window_end - w.window_start,
+                w.txn_count,
+                w.sum_cents,
+                w.avg_amount,
+                w.min_cents,
+                w.max_cents,
+            )
         })
         .collect();
     let five = 5 * MIN;
     assert_eq!(
         got,
         vec![
-            (-MIN, five, Some(1), Some(1000), Some(10.0), Some(1000), Some(1000)),
-            (0, five, Some(2), Some(1250), Some(6.25), Some(250), Some(1000)),
-            (MIN, five, Some(2), Some(1250), Some(6.25), Some(250), Some(1000)),
-            (2 * MIN, five, Some(2), Some(1250), Some(6.25), Some(250), Some(1000)),
-            (3 * MIN, five, Some(2), Some(1250), Some(6.25), Some(250), Some(1000)),
-            (4 * MIN, five, Some(1), Some(250), Some(2.5), Some(250), Some(250)),
+            (
+                -MIN,
+                five,
+                Some(1),
+                Some(1000),
+                Some(10.0),
+                Some(1000),
+                Some(1000)
+            ),
+            (
+                0,
+                five,
+                Some(2),
+                Some(1250),
+                Some(6.25),
+                Some(250),
+                Some(1000)
+            ),
+            (
+                MIN,
+                five,
+                Some(2),
+                Some(1250),
+                Some(6.25),
+                Some(250),
+                Some(1000)
+            ),
+            (
+                2 * MIN,
+                five,
+                Some(2),
+                Some(1250),
+                Some(6.25),
+                Some(250),
+                Some(1000)
+            ),
+            (
+                3 * MIN,
+                five,
+                Some(2),
+                Some(1250),
+                Some(6.25),
+                Some(250),
+                Some(1000)
+            ),
+            (
+                4 * MIN,
+                five,
+                Some(1),
+                Some(250),
+                Some(2.5),
+                Some(250),
+                Some(250)
+            ),
         ]
     );
-    let tumbling: Vec<(i64, i64, Vec<(String, Option<String>)>, Option<i64>)> = windows_of(&out, "status_1m")
-        .iter()
-        .map(|w| (w.window_start - T0, w.window_end - T0, w.group.clone(), w.sum_cents))
-        .collect();
+    let tumbling: Vec<(i64, i64, Vec<(String, Option<String>)>, Option<i64>)> =
+        windows_of(&out, "status_1m")
+            .iter()
+            .map(|w| {
+                (
+                    w.window_start - T0,
+                    w.window_end - T0,
+                    w.group.clone(),
+                    w.sum_cents,
+                )
+            })
+            .collect();
     assert_eq!(
         tumbling,
         vec![
@@ -478,23 +702,57 @@ fn sliding_and_tumbling_membership() {
 #[test]
 fn sessions_close_after_the_gap() {
     let gap = 30 * MIN;
-    let out = run(&[vec![
-        rec("1", "c", "1.00", "COMPLETED", "m", 0),
-        rec("2", "c", "2.00", "COMPLETED", "m", 10 * MIN),
-        rec("3", "c", "3.00", "COMPLETED", "m", 10 * MIN + gap), // exactly gap after the last: joins
-        rec("4", "c", "4.00", "COMPLETED", "m", 10 * MIN + 2 * gap + 1), // more than gap: new session
-    ],
-    vec![rec("5", "d", "5.00", "COMPLETED", "m", 5 * MIN)]]);
-    let got: Vec<(i64, i64, Vec<(String, Option<String>)>, Option<i64>, Option<i64>)> = windows_of(&out, "customer_session")
+    let out = run(&[
+        vec![
+            rec("1", "c", "1.00", "COMPLETED", "m", 0),
+            rec("2", "c", "2.00", "COMPLETED", "m", 10 * MIN),
+            rec("3", "c", "3.00", "COMPLETED", "m", 10 * MIN + gap), // exactly gap after the last: joins
+            rec("4", "c", "4.00", "COMPLETED", "m", 10 * MIN + 2 * gap + 1), // more than gap: new session
+        ],
+        vec![rec("5", "d", "5.00", "COMPLETED", "m", 5 * MIN)],
+    ]);
+    let got: Vec<(
+        i64,
+        i64,
+        Vec<(String, Option<String>)>,
+        Option<i64>,
+        Option<i64>,
+    )> = windows_of(&out, "customer_session")
         .iter()
-        .map(|w| (w.window_start - T0, w.window_end - T0, w.group.clone(), w.txn_count, w.sum_cents))
+        .map(|w| {
+            (
+                w.window_start - T0,
+                w.window_end - T0,
+                w.group.clone(),
+                w.txn_count,
+                w.sum_cents,
+            )
+        })
         .collect();
     assert_eq!(
         got,
         vec![
-            (0, 40 * MIN + gap, group("customer_id", "c"), Some(3), Some(600)),
-            (5 * MIN, 5 * MIN + gap, group("customer_id", "d"), Some(1), Some(500)),
-            (70 * MIN + 1, 70 * MIN + 1 + gap, group("customer_id", "c"), Some(1), Some(400)),
+            (
+                0,
+                40 * MIN + gap,
+                group("customer_id", "c"),
+                Some(3),
+                Some(600)
+            ),
+            (
+                5 * MIN,
+                5 * MIN + gap,
+                group("customer_id", "d"),
+                Some(1),
+                Some(500)
+            ),
+            (
+                70 * MIN + 1,
+                70 * MIN + 1 + gap,
+                group("customer_id", "c"),
+                Some(1),
+                Some(400)
+            ),
         ]
     );
 }
@@ -507,7 +765,11 @@ fn configured_specs_with_several_keys_and_some_aggregates() {
         group_by: vec!["status".to_string(), "merchant".to_string()],
         aggregates: vec!["count".to_string(), "max".to_string()],
     };
-    let p = RefParams { windows: vec![spec], window_z_spec: None, ..RefParams::default() };
+    let p = RefParams {
+        windows: vec![spec],
+        window_z_spec: None,
+        ..RefParams::default()
+    };
     let out = run_with(
         &[vec![
             rec("1", "c", "1.00", "COMPLETED", "m", 0),
@@ -521,9 +783,21 @@ fn configured_specs_with_several_keys_and_some_aggregates() {
     let w = rows[0];
     assert_eq!(
         w.group,
-        vec![("merchant".to_string(), Some("m".to_string())), ("status".to_string(), Some("COMPLETED".to_string()))]
+        vec![
+            ("merchant".to_string(), Some("m".to_string())),
+            ("status".to_string(), Some("COMPLETED".to_string()))
+        ]
     );
-    assert_eq!((w.txn_count, w.sum_cents, w.avg_amount, w.min_cents, w.max_cents), (Some(2), None, None, None, Some(300)));
+    assert_eq!(
+        (
+            w.txn_count,
+            w.sum_cents,
+            w.avg_amount,
+            w.min_cents,
+            w.max_cents
+        ),
+        (Some(2), None, None, None, Some(300))
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -535,51 +809,96 @@ fn amounts_for(customer: &str, cents: &[i64], first: i64) -> Vec<String> {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            rec(&format!("{customer}-{i:02}"), customer, &format!("{}.{:02}", c / 100, c % 100), "COMPLETED", "m", first + i as i64 * MIN)
+            rec(
+                &format!("{customer}-{i:02}"),
+                customer,
+                &format!("{}.{:02}", c / 100, c % 100),
+                "COMPLETED",
+                "m",
+                first + i as i64 * MIN,
+            )
         })
         .collect()
 }
 
 fn txn_anomalies(out: &Outputs) -> Vec<&AnomalyRow> {
-    out.anomalies.iter().filter(|a| a.kind == "transaction").collect()
+    out.anomalies
+        .iter()
+        .filter(|a| a.kind == "transaction")
+        .collect()
 }
 
 #[test]
 fn transaction_z_score_needs_min_history() {
     // 9 earlier transactions, then an outlier: too little history.
-    let m = amounts_for("m", &[1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200, 1000, 90_000], 0);
+    let m = amounts_for(
+        "m",
+        &[1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200, 1000, 90_000],
+        0,
+    );
     // 10 earlier transactions (mean 11.00, stddev 1.00), then 20.00: z = 9;
     // then 11.00 with 11 earlier: z = (11·1100 − 13000)/√(11·16,200,000 − 13000²) ≈ −0.30.
-    let z = amounts_for("z", &[1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200, 2000, 1100], 0);
+    let z = amounts_for(
+        "z",
+        &[
+            1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200, 2000, 1100,
+        ],
+        0,
+    );
     let out = run(&[m, z]);
     let got = txn_anomalies(&out);
     assert_eq!(got.len(), 1, "{got:?}");
     let a = got[0];
     assert_eq!(
-        (a.key.as_str(), a.metric.as_str(), a.transaction_id.as_deref(), a.event_time, a.history_count),
+        (
+            a.key.as_str(),
+            a.metric.as_str(),
+            a.transaction_id.as_deref(),
+            a.event_time,
+            a.history_count
+        ),
         ("z", "amount", Some("z-10"), T0 + 10 * MIN, 10)
     );
     assert_eq!((a.value, a.mean, a.stddev, a.z), (20.0, 11.0, 1.0, 9.0));
-    assert_eq!((a.window.as_deref(), a.window_start, a.window_end), (None, None, None));
+    assert_eq!(
+        (a.window.as_deref(), a.window_start, a.window_end),
+        (None, None, None)
+    );
 }
 
 #[test]
 fn transaction_z_score_zero_stddev_and_negative_z() {
     // Constant history: stddev 0, never an anomaly.
-    let flat = amounts_for("flat", &[1000; 10].iter().copied().chain([50_000]).collect::<Vec<_>>(), 0);
+    let flat = amounts_for(
+        "flat",
+        &[1000; 10]
+            .iter()
+            .copied()
+            .chain([50_000])
+            .collect::<Vec<_>>(),
+        0,
+    );
     let out = run(&[flat]);
     assert!(txn_anomalies(&out).is_empty());
 
     // History 10.00/30.00 alternating, 10 values: mean 20.00, stddev 10.00; then 0.01:
     // z = −1.999, below the default threshold 3; with threshold 1.5 it is an anomaly.
-    let cents = [1000, 3000, 1000, 3000, 1000, 3000, 1000, 3000, 1000, 3000, 1];
-    let p = RefParams { txn_z_threshold: 1.5, ..RefParams::default() };
+    let cents = [
+        1000, 3000, 1000, 3000, 1000, 3000, 1000, 3000, 1000, 3000, 1,
+    ];
+    let p = RefParams {
+        txn_z_threshold: 1.5,
+        ..RefParams::default()
+    };
     let out = run_with(&[amounts_for("n", &cents, 0)], &p);
     let got = txn_anomalies(&out);
     assert_eq!(got.len(), 1);
     // n = 10, S = 20000, Q = 5·(1000² + 3000²) = 50,000,000, nQ − S² = 100,000,000
     // z = (10·1 − 20000) / 10000 = −1.999
-    assert_eq!((got[0].mean, got[0].stddev, got[0].value), (20.0, 10.0, 0.01));
+    assert_eq!(
+        (got[0].mean, got[0].stddev, got[0].value),
+        (20.0, 10.0, 0.01)
+    );
     assert!((got[0].z - (-1.999)).abs() < 1e-12, "{}", got[0].z);
 }
 
@@ -587,7 +906,11 @@ fn transaction_z_score_zero_stddev_and_negative_z() {
 fn transaction_order_is_event_time_then_id() {
     // Same customer, same event time: "b" is evaluated after "a" (bytewise ids),
     // whatever the input order.
-    let mut lines = amounts_for("c", &[1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200], 0);
+    let mut lines = amounts_for(
+        "c",
+        &[1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200, 1000, 1200],
+        0,
+    );
     let at = 20 * MIN;
     lines.push(rec("b", "c", "20.00", "COMPLETED", "m", at));
     lines.push(rec("a", "c", "11.00", "COMPLETED", "m", at));
@@ -596,7 +919,10 @@ fn transaction_order_is_event_time_then_id() {
     // "a" (11.00) first: z = 0; then "b" with 11 earlier: S = 12100, Q = 12,200,000 + 1,210,000,
     // n·Q − S² = 147,510,000 − 146,410,000 = 1,100,000; z = (11·2000 − 12100)/√1,100,000.
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].transaction_id.as_deref(), got[0].history_count), (Some("b"), 11));
+    assert_eq!(
+        (got[0].transaction_id.as_deref(), got[0].history_count),
+        (Some("b"), 11)
+    );
     let expected_z = 9900.0 / (1_100_000f64).sqrt();
     assert!((got[0].z - expected_z).abs() < 1e-12);
 }
@@ -610,12 +936,26 @@ fn window_z_scores_with_cooldown() {
     for (minute, &n) in counts.iter().enumerate() {
         for i in 0..n {
             let id = format!("w{minute}-{i}");
-            lines.push(rec(&id, "c", "1.00", "COMPLETED", "m", minute as i64 * MIN + i * SEC));
+            lines.push(rec(
+                &id,
+                "c",
+                "1.00",
+                "COMPLETED",
+                "m",
+                minute as i64 * MIN + i * SEC,
+            ));
         }
     }
-    let p = RefParams { window_z_cooldown_ms: 3 * MIN, ..RefParams::default() };
+    let p = RefParams {
+        window_z_cooldown_ms: 3 * MIN,
+        ..RefParams::default()
+    };
     let out = run_with(&[lines], &p);
-    let mut got: Vec<&AnomalyRow> = out.anomalies.iter().filter(|a| a.kind == "window").collect();
+    let mut got: Vec<&AnomalyRow> = out
+        .anomalies
+        .iter()
+        .filter(|a| a.kind == "window")
+        .collect();
     got.sort_by(|a, b| (&a.metric, a.event_time).cmp(&(&b.metric, b.event_time)));
     // minute 10: history n=10, S=15, Q=25: mean 1.5, stddev 0.5, z = (100−15)/5 = 17 → alert (end 11m).
     // minute 11: n=11, S=25, Q=125: z = 85/√750 = 3.10 → suppressed (end 12m < 11m + 3m).
@@ -623,14 +963,29 @@ fn window_z_scores_with_cooldown() {
     //   end 14m ≥ 11m + 3m → alert (the suppressed one did not restart the cooldown).
     assert_eq!(got.len(), 4, "{got:#?}");
     let z2 = 354.0 / 1642f64.sqrt();
-    for (metric, unit, rows) in [("sum_cents", 100.0, &got[0..2]), ("txn_count", 1.0, &got[2..4])] {
+    for (metric, unit, rows) in [
+        ("sum_cents", 100.0, &got[0..2]),
+        ("txn_count", 1.0, &got[2..4]),
+    ] {
         let a = rows[0];
-        assert_eq!((a.metric.as_str(), a.key.as_str(), a.window.as_deref()), (metric, "COMPLETED", Some("status_1m")));
-        assert_eq!((a.window_start, a.window_end, a.event_time, a.history_count), (Some(T0 + 10 * MIN), Some(T0 + 11 * MIN), T0 + 11 * MIN, 10));
-        assert_eq!((a.value, a.mean, a.stddev, a.z), (10.0 * unit, 1.5 * unit, 0.5 * unit, 17.0));
+        assert_eq!(
+            (a.metric.as_str(), a.key.as_str(), a.window.as_deref()),
+            (metric, "COMPLETED", Some("status_1m"))
+        );
+        assert_eq!(
+            (a.window_start, a.window_end, a.event_time, a.history_count),
+            (Some(T0 + 10 * MIN), Some(T0 + 11 * MIN), T0 + 11 * MIN, 10)
+        );
+        assert_eq!(
+            (a.value, a.mean, a.stddev, a.z),
+            (10.0 * unit, 1.5 * unit, 0.5 * unit, 17.0)
+        );
         assert_eq!(a.transaction_id, None);
         let b = rows[1];
-        assert_eq!((b.window_start, b.window_end, b.history_count), (Some(T0 + 13 * MIN), Some(T0 + 14 * MIN), 13));
+        assert_eq!(
+            (b.window_start, b.window_end, b.history_count),
+            (Some(T0 + 13 * MIN), Some(T0 + 14 * MIN), 13)
+        );
         assert_eq!(b.value, 30.0 * unit);
         assert!((b.mean - 36.0 / 13.0 * unit).abs() < 1e-9);
         assert!((b.stddev - 1642f64.sqrt() / 13.0 * unit).abs() < 1e-9);
@@ -641,11 +996,21 @@ fn window_z_scores_with_cooldown() {
     let mut lines = Vec::new();
     for (minute, &n) in counts.iter().enumerate() {
         for i in 0..n {
-            lines.push(rec(&format!("w{minute}-{i}"), "c", "1.00", "COMPLETED", "m", minute as i64 * MIN + i * SEC));
+            lines.push(rec(
+                &format!("w{minute}-{i}"),
+                "c",
+                "1.00",
+                "COMPLETED",
+                "m",
+                minute as i64 * MIN + i * SEC,
+            ));
         }
     }
     let out = run(&[lines]);
-    assert_eq!(out.anomalies.iter().filter(|a| a.kind == "window").count(), 2);
+    assert_eq!(
+        out.anomalies.iter().filter(|a| a.kind == "window").count(),
+        2
+    );
 }
 
 #[test]
@@ -656,7 +1021,14 @@ fn window_z_history_is_a_ring_of_rows() {
     let mut lines = Vec::new();
     for (minute, n) in [(0i64, 1i64), (1, 2), (5, 1), (6, 4), (7, 1)] {
         for i in 0..n {
-            lines.push(rec(&format!("r{minute}-{i}"), "c", "1.00", "COMPLETED", "m", minute * MIN + i * SEC));
+            lines.push(rec(
+                &format!("r{minute}-{i}"),
+                "c",
+                "1.00",
+                "COMPLETED",
+                "m",
+                minute * MIN + i * SEC,
+            ));
         }
     }
     let p = RefParams {
@@ -667,10 +1039,17 @@ fn window_z_history_is_a_ring_of_rows() {
         ..RefParams::default()
     };
     let out = run_with(&[lines], &p);
-    let got: Vec<&AnomalyRow> = out.anomalies.iter().filter(|a| a.kind == "window").collect();
+    let got: Vec<&AnomalyRow> = out
+        .anomalies
+        .iter()
+        .filter(|a| a.kind == "window")
+        .collect();
     // minute 7: ring [2, 1, 4] (the 1 of minute 0 dropped): S=7, Q=21, nQ−S²=14, z=(3−7)/√14 = −1.07.
     assert_eq!(got.len(), 1, "{got:#?}");
-    assert_eq!((got[0].window_start, got[0].history_count), (Some(T0 + 6 * MIN), 3));
+    assert_eq!(
+        (got[0].window_start, got[0].history_count),
+        (Some(T0 + 6 * MIN), 3)
+    );
     assert!((got[0].z - 8.0 / 2f64.sqrt()).abs() < 1e-12);
 }
 
@@ -695,7 +1074,13 @@ fn reference_equals_replay() {
         "7",
     ]);
     let pattern = format!("{}/*.jsonl", input.display());
-    common::run_ok(&["replay", "--input", &pattern, "--output", output.to_str().unwrap()]);
+    common::run_ok(&[
+        "replay",
+        "--input",
+        &pattern,
+        "--output",
+        output.to_str().unwrap(),
+    ]);
 
     let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
         .unwrap()
@@ -707,6 +1092,21 @@ fn reference_equals_replay() {
     let records: usize = files.iter().map(|f| reference::read_records(f).len()).sum();
 
     let expected = compute(&files, &RefParams::default());
+    let count = |kind: &str| expected.anomalies.iter().filter(|a| a.kind == kind).count();
+    eprintln!(
+        "reference: {records} records, {} transactions, {} duplicates, {} rejects, {} window rows, \
+         {} transaction anomalies, {} window anomalies",
+        expected.transactions.len(),
+        expected.duplicates,
+        expected.rejects.len(),
+        expected.windows.len(),
+        count("transaction"),
+        count("window")
+    );
+    assert!(
+        !expected.transactions.is_empty(),
+        "the generated input has no valid transactions"
+    );
     let actual = common::committed::read_committed(&output);
     common::committed::assert_same(&expected, &actual);
 

@@ -93,21 +93,26 @@ pub fn committer<'s>(
                 return;
             }
             boundaries.sort_unstable();
-            let frontier = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
+            let frontier = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().iter().min().copied())
+                .min();
 
             while let Some(&b) = boundaries.first() {
                 if frontier.is_some_and(|f| f < b) {
                     break;
                 }
                 boundaries.remove(0);
-                let (now, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|r| r.boundary == Some(b));
+                let (now, later): (Vec<_>, Vec<_>) =
+                    pending.drain(..).partition(|r| r.boundary == Some(b));
                 pending = later;
                 book.commit(Some(b), b * cfg.tick_ms, now);
             }
 
             if frontier.is_none() {
                 done = true;
-                let finals: Vec<EpochReport> = pending.drain(..).filter(|r| r.boundary.is_none()).collect();
+                let finals: Vec<EpochReport> =
+                    pending.drain(..).filter(|r| r.boundary.is_none()).collect();
                 let anything = finals
                     .iter()
                     .any(|r| !r.files.is_empty() || r.duplicates > 0);
@@ -119,7 +124,8 @@ pub fn committer<'s>(
                         .chain(book.entries.values().flatten().map(|e| e.max_tick))
                         .max()
                         .unwrap_or(Tick::MIN);
-                    let above = (max_tick.saturating_add(1) * cfg.tick_ms).max(book.last.map_or(i64::MIN, |l| l + 1));
+                    let above = (max_tick.saturating_add(1) * cfg.tick_ms)
+                        .max(book.last.map_or(i64::MIN, |l| l + 1));
                     let epoch = floor_to(above - 1, cfg.interval_ms) + cfg.interval_ms;
                     book.commit(None, epoch, finals);
                 }
@@ -142,7 +148,10 @@ struct Book {
 
 impl Book {
     fn commit(&mut self, boundary: Option<Tick>, epoch: i64, reports: Vec<EpochReport>) {
-        let files: Vec<_> = reports.iter().flat_map(|r| r.files.iter().cloned()).collect();
+        let files: Vec<_> = reports
+            .iter()
+            .flat_map(|r| r.files.iter().cloned())
+            .collect();
         let state: Vec<_> = reports.iter().filter_map(|r| r.state.clone()).collect();
         let duplicates: u64 = reports.iter().map(|r| r.duplicates).sum();
         let limit = epoch / self.cfg.tick_ms;
@@ -189,7 +198,14 @@ impl Book {
             ),
             Err(e) => panic!("committing epoch {epoch}: {e:#}"),
         }
-        tracing::info!(epoch, ?boundary, files = m.files.len(), duplicates, elapsed_ms = t0.elapsed().as_millis() as u64, "committed epoch");
+        tracing::info!(
+            epoch,
+            ?boundary,
+            files = m.files.len(),
+            duplicates,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "committed epoch"
+        );
         self.last = Some(epoch);
         (self.on_commit)(epoch);
         let mut s = self.status.lock().unwrap();

@@ -9,9 +9,9 @@
 //!   every worker and commit it once.
 //! - [`restore`]: what a starting worker takes from the newest valid manifest.
 
+pub mod committer;
 pub mod manifest;
 pub mod parquet_out;
-pub mod storage;
-pub mod committer;
 pub mod restore;
+pub mod storage;
 pub mod writer;

@@ -11,14 +11,23 @@ use crate::storage::Storage;
 use crate::writer::StateSnapshot;
 
 /// This worker's key groups of every operator's state in `m`.
-pub fn restore_state(st: &dyn Storage, m: &Manifest, tick_ms: i64, worker: usize, peers: usize) -> Result<Restored> {
+pub fn restore_state(
+    st: &dyn Storage,
+    m: &Manifest,
+    tick_ms: i64,
+    worker: usize,
+    peers: usize,
+) -> Result<Restored> {
     let mut state: HashMap<String, Vec<(u32, Vec<u8>)>> = HashMap::new();
     for f in &m.job.state {
-        let bytes = st
-            .get(&f.path)?
-            .with_context(|| format!("state file {} named by epoch {} is missing", f.path, m.epoch))?;
-        let snapshot: StateSnapshot =
-            bincode::deserialize(&bytes).with_context(|| format!("decoding state file {}", f.path))?;
+        let bytes = st.get(&f.path)?.with_context(|| {
+            format!(
+                "state file {} named by epoch {} is missing",
+                f.path, m.epoch
+            )
+        })?;
+        let snapshot: StateSnapshot = bincode::deserialize(&bytes)
+            .with_context(|| format!("decoding state file {}", f.path))?;
         for (op, groups) in snapshot {
             let mine = groups
                 .into_iter()

@@ -38,6 +38,9 @@ pub struct EpochReport {
 /// A worker's state snapshot file: operator name → its key groups.
 pub type StateSnapshot = Vec<(String, Vec<(u32, Vec<u8>)>)>;
 
+/// Operator state reports waiting for their epoch: (boundary, operator, key groups).
+type PendingStates = Vec<(Option<Tick>, String, Vec<(u32, Vec<u8>)>)>;
+
 #[derive(Clone)]
 pub struct WriterConfig {
     pub storage: Arc<dyn Storage>,
@@ -91,13 +94,14 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
         let mut anoms = Buffer::<Anomaly>::new();
         let mut rejs = Buffer::<Reject>::new();
         let mut dups: BTreeMap<Tick, u64> = BTreeMap::new();
-        let mut states: Vec<(Option<Tick>, String, Vec<(u32, Vec<u8>)>)> = Vec::new();
+        let mut states: PendingStates = Vec::new();
         let mut boundaries: Vec<Tick> = Vec::new();
         let mut final_at: Option<Tick> = None;
         let mut done = false;
 
         move |frontiers| {
-            let time = |c: &timely::dataflow::operators::InputCapability<Tick>| *c.least().expect("time");
+            let time =
+                |c: &timely::dataflow::operators::InputCapability<Tick>| *c.least().expect("time");
             txn_in.for_each(|c, d| txns.push(time(&c), d));
             win_in.for_each(|c, d| wins.push(time(&c), d));
             anom_in.for_each(|c, d| anoms.push(time(&c), d));
@@ -107,7 +111,11 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                 for r in d.drain(..) {
                     match r {
                         Report::Duplicates(n) => *dups.entry(t).or_default() += n,
-                        Report::State { op, boundary, groups } => states.push((boundary, op, groups)),
+                        Report::State {
+                            op,
+                            boundary,
+                            groups,
+                        } => states.push((boundary, op, groups)),
                     }
                 }
             });
@@ -126,7 +134,10 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                 return;
             }
             boundaries.sort_unstable();
-            let frontier = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
+            let frontier = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().iter().min().copied())
+                .min();
             let mut session = out.activate();
 
             while let Some(&b) = boundaries.first() {
@@ -150,7 +161,8 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
 
             match frontier {
                 Some(f) => {
-                    let mut hold: Vec<Tick> = boundaries.first().map(|b| b - 1).into_iter().collect();
+                    let mut hold: Vec<Tick> =
+                        boundaries.first().map(|b| b - 1).into_iter().collect();
                     hold.extend(final_at);
                     let _ = f;
                     match hold.iter().min() {
@@ -195,10 +207,7 @@ fn take_dups(dups: &mut BTreeMap<Tick, u64>, limit: Option<Tick>) -> (u64, Optio
     (taken.values().sum(), taken.keys().next_back().copied())
 }
 
-fn take_states(
-    states: &mut Vec<(Option<Tick>, String, Vec<(u32, Vec<u8>)>)>,
-    boundary: Option<Tick>,
-) -> StateSnapshot {
+fn take_states(states: &mut PendingStates, boundary: Option<Tick>) -> StateSnapshot {
     let mut snapshot: StateSnapshot = Vec::new();
     states.retain_mut(|(b, op, groups)| {
         if *b == boundary {
@@ -250,27 +259,44 @@ fn write_epoch(
     // Transactions, partitioned by event date and hour.
     let mut by_hour: BTreeMap<(String, String), Vec<&Txn>> = BTreeMap::new();
     for t in &txns.0 {
-        by_hour.entry(parquet_out::date_hour(t.event_time)).or_default().push(t);
+        by_hour
+            .entry(parquet_out::date_hour(t.event_time))
+            .or_default()
+            .push(t);
     }
     for ((date, hour), rows) in by_hour {
-        let bytes = parquet_out::encode_transactions(&rows, &cfg.source_name).unwrap_or_else(|e| fail("transactions", e));
-        put("transactions", format!("transactions/date={date}/hour={hour}/{name}"), rows.len(), bytes);
+        let bytes = parquet_out::encode_transactions(&rows, &cfg.source_name)
+            .unwrap_or_else(|e| fail("transactions", e));
+        put(
+            "transactions",
+            format!("transactions/date={date}/hour={hour}/{name}"),
+            rows.len(),
+            bytes,
+        );
     }
     for (i, spec) in cfg.params.windows.iter().enumerate() {
         let rows: Vec<&WindowRow> = wins.0.iter().filter(|w| w.spec as usize == i).collect();
         if !rows.is_empty() {
-            let bytes = parquet_out::encode_windows(spec, &rows).unwrap_or_else(|e| fail("windows", e));
-            put("windows", format!("windows/window={}/{name}", spec.name), rows.len(), bytes);
+            let bytes =
+                parquet_out::encode_windows(spec, &rows).unwrap_or_else(|e| fail("windows", e));
+            put(
+                "windows",
+                format!("windows/window={}/{name}", spec.name),
+                rows.len(),
+                bytes,
+            );
         }
     }
     if !anoms.0.is_empty() {
         let rows: Vec<&Anomaly> = anoms.0.iter().collect();
-        let bytes = parquet_out::encode_anomalies(&rows, &cfg.params.windows).unwrap_or_else(|e| fail("anomalies", e));
+        let bytes = parquet_out::encode_anomalies(&rows, &cfg.params.windows)
+            .unwrap_or_else(|e| fail("anomalies", e));
         put("anomalies", format!("anomalies/{name}"), rows.len(), bytes);
     }
     if !rejs.0.is_empty() {
         let rows: Vec<&Reject> = rejs.0.iter().collect();
-        let bytes = parquet_out::encode_rejects(&rows, &cfg.source_name).unwrap_or_else(|e| fail("rejects", e));
+        let bytes = parquet_out::encode_rejects(&rows, &cfg.source_name)
+            .unwrap_or_else(|e| fail("rejects", e));
         put("rejects", format!("rejects/{name}"), rows.len(), bytes);
     }
 
@@ -293,6 +319,9 @@ fn write_epoch(
         files,
         state,
         duplicates: dups.0,
-        max_tick: [txns.1, wins.1, anoms.1, rejs.1, dups.1].into_iter().flatten().max(),
+        max_tick: [txns.1, wins.1, anoms.1, rejs.1, dups.1]
+            .into_iter()
+            .flatten()
+            .max(),
     }
 }

@@ -377,7 +377,15 @@ mod tests {
         assert_eq!(t.category(), "books");
         assert_eq!(t.timestamp_raw(), "2024-01-01T00:00:00Z");
         assert_eq!(t.metadata(), Some("{\"a\":\"b\"}"));
-        let none = Txn::new(0, 1, Currency::Usd, Status::Failed, TxnText::default(), 0, 0);
+        let none = Txn::new(
+            0,
+            1,
+            Currency::Usd,
+            Status::Failed,
+            TxnText::default(),
+            0,
+            0,
+        );
         assert_eq!(none.metadata(), None);
     }
 

@@ -53,7 +53,12 @@ pub fn build<'s>(
 ) -> JobStreams<'s> {
     let scope = txns.scope();
     let interval_ticks = params.checkpoint_interval_ms / params.tick_ms;
-    let markers = ticker(positions.clone(), interval_ticks, min_wall, restored.boundary);
+    let markers = ticker(
+        positions.clone(),
+        interval_ticks,
+        min_wall,
+        restored.boundary,
+    );
 
     let mut dedup = Dedup::new(params.dedup_horizon_ms, params.tick_ms);
     dedup.restore(restored.groups(&dedup_name()));
@@ -74,7 +79,12 @@ pub fn build<'s>(
             cents: t.amount_cents,
             key: group_key(&spec, &t),
         });
-        let (rows, r) = stateful(input, Exchange::new(|w: &WinIn| route_key(&w.key)), markers.clone(), logic);
+        let (rows, r) = stateful(
+            input,
+            Exchange::new(|w: &WinIn| route_key(&w.key)),
+            markers.clone(),
+            logic,
+        );
         reports.push(r);
         if params.window_z.enabled && params.window_z.spec == i {
             z_input = Some(rows.clone());

@@ -4,12 +4,12 @@
 //! Nothing here opens a socket or a file: sources hand records in, sinks take
 //! rows out, and everything in between is driven by timely's frontier.
 
+pub mod dedup;
 pub mod event;
+pub mod job;
 pub mod params;
 pub mod record;
 pub mod rfc3339;
-pub mod dedup;
-pub mod job;
 pub mod source;
 pub mod stateful;
 pub mod ticker;

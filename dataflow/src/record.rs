@@ -68,16 +68,13 @@ pub fn parse_record(
 /// not a JSON number.
 pub fn amount_cents_from_literal(lit: &str) -> Option<i64> {
     let b = lit.as_bytes();
+    // A leading `-` (negative, or -0) is never above zero; it also fails the
+    // integer-part check below.
     let mut i = 0;
-    if b.first() == Some(&b'-') {
-        // Negative, or -0: never above zero. Still only for valid numbers.
-        return None;
-    }
-    let int_start = i;
     while i < b.len() && b[i].is_ascii_digit() {
         i += 1;
     }
-    let int = &b[int_start..i];
+    let int = &b[..i];
     if int.is_empty() || (int.len() > 1 && int[0] == b'0') {
         return None;
     }
@@ -579,7 +576,7 @@ impl<'a> Parser<'a> {
                     }
                 }
                 entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                if false {
+                if entries.windows(2).any(|w| w[0].0 == w[1].0) {
                     return Err(SyntaxError);
                 }
                 if entries.iter().any(|(_, v)| v.is_none()) {
@@ -2073,7 +2070,7 @@ mod differential {
                     _ => {}
                 }
             }
-            let ours = parse_record(&v, MAX_DEPTH * 10_000, 0, 0);
+            let ours = parse_record(&v, 1 << 20, 0, 0);
             let serde_ok = serde_json::from_slice::<serde_json::Value>(&v)
                 .map(|j| j.is_object())
                 .unwrap_or(false)

@@ -125,7 +125,10 @@ struct Partition {
 impl Partition {
     fn watermark_tick(&self, params: &Params) -> Tick {
         match self.max_ts {
-            Some(m) => tick_of(m.saturating_sub(params.max_out_of_orderness_ms), params.tick_ms),
+            Some(m) => tick_of(
+                m.saturating_sub(params.max_out_of_orderness_ms),
+                params.tick_ms,
+            ),
             None => Tick::MIN,
         }
     }
@@ -154,7 +157,8 @@ pub fn source<'s>(
     let (pos_out, positions) = builder.new_output();
     let mut txn_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Txn>>>::from(txn_out);
     let mut rej_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Reject>>>::from(rej_out);
-    let mut pos_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<PositionEntry>>>::from(pos_out);
+    let mut pos_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<PositionEntry>>>::from(pos_out);
 
     let now = Instant::now();
     let mut parts: Vec<Partition> = partitions
@@ -204,9 +208,9 @@ pub fn source<'s>(
             // Flow control: do not run ahead of what downstream has finished.
             let cap_time = *txn_cap.time();
             let lagging = probe.with_frontier(|f| {
-                f.iter()
-                    .next()
-                    .is_some_and(|&done| cap_time > Tick::MIN && done < cap_time.saturating_sub(config.max_lag_ticks))
+                f.iter().next().is_some_and(|&done| {
+                    cap_time > Tick::MIN && done < cap_time.saturating_sub(config.max_lag_ticks)
+                })
             });
 
             let mut read = 0usize;
@@ -217,10 +221,13 @@ pub fn source<'s>(
                     let mut progressed = false;
                     for p in parts.iter_mut().filter(|p| !p.finished) {
                         batch.clear();
-                        let poll = p
-                            .reader
-                            .poll(config.batch, &mut batch)
-                            .unwrap_or_else(|e| panic!("source {name_p} partition {}: {e}", p.start.partition, name_p = "input"));
+                        let poll = p.reader.poll(config.batch, &mut batch).unwrap_or_else(|e| {
+                            panic!(
+                                "source {name_p} partition {}: {e}",
+                                p.start.partition,
+                                name_p = "input"
+                            )
+                        });
                         match poll {
                             Poll::Finished => p.finished = true,
                             Poll::Pending => {
@@ -238,7 +245,10 @@ pub fn source<'s>(
                         p.idle = false;
                         p.last_data = Instant::now();
                         read += batch.len();
-                        config.meter.records.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        config
+                            .meter
+                            .records
+                            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let read_at = Instant::now();
                         for (bytes, offset) in batch.iter() {
                             classify(
@@ -286,7 +296,12 @@ pub fn source<'s>(
             let active = live.iter().filter(|p| !p.idle);
             let wm = active.map(|p| p.watermark_tick(&params)).min();
             // All idle: hold at the largest watermark until one produces again.
-            let wm = wm.unwrap_or_else(|| live.iter().map(|p| p.watermark_tick(&params)).max().unwrap());
+            let wm = wm.unwrap_or_else(|| {
+                live.iter()
+                    .map(|p| p.watermark_tick(&params))
+                    .max()
+                    .unwrap()
+            });
             if wm > *txn_cap.time() {
                 txn_cap.downgrade(&wm);
                 rej_cap.downgrade(&wm);
@@ -315,7 +330,9 @@ fn classify(
     accepted: &mut Vec<(Tick, Txn)>,
     rejected: &mut Vec<(Tick, Reject)>,
 ) {
-    let wm_ms = p.max_ts.map(|m| m.saturating_sub(params.max_out_of_orderness_ms));
+    let wm_ms = p
+        .max_ts
+        .map(|m| m.saturating_sub(params.max_out_of_orderness_ms));
     let wm_tick = p.watermark_tick(params).max(floor);
     let outcome = match parse_record(bytes, params.max_record_bytes, p.start.partition, offset) {
         Ok(txn) => {
@@ -364,7 +381,11 @@ fn classify(
 fn emit_sorted<D: timely::ExchangeData>(
     staged: &mut Vec<(Tick, D)>,
     cap: &Capability<Tick>,
-    out: &mut timely::dataflow::operators::generic::OutputBuilderSession<'_, Tick, CapacityContainerBuilder<Vec<D>>>,
+    out: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+        '_,
+        Tick,
+        CapacityContainerBuilder<Vec<D>>,
+    >,
 ) {
     if staged.is_empty() {
         return;

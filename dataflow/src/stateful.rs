@@ -97,9 +97,14 @@ where
     let mut marker_in = builder.new_input(markers, Pipeline);
     let (rows_out, rows_stream) = builder.new_output();
     let (reports_out, reports_stream) = builder.new_output();
-    let mut rows_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<L::Out>>>::from(rows_out);
-    let mut reports_out =
-        OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Report>>>::from(reports_out);
+    let mut rows_out =
+        OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<L::Out>>>::from(
+            rows_out,
+        );
+    let mut reports_out = OutputBuilder::<
+        _,
+        timely::container::CapacityContainerBuilder<Vec<Report>>,
+    >::from(reports_out);
 
     builder.build(move |initial| {
         // Dropping the initial capabilities: we hold only what pending work needs.
@@ -165,9 +170,7 @@ where
                     boundary: Some(b),
                     groups: logic.snapshot(),
                 };
-                reports
-                    .session(&report_caps.delayed(&(b - 1)))
-                    .give(report);
+                reports.session(&report_caps.delayed(&(b - 1))).give(report);
             }
 
             match frontier {
@@ -251,10 +254,17 @@ fn downgrade(caps: &mut CapabilitySet<Tick>, hold: &[Tick]) {
     }
 }
 
-type RowSession<'a, O> =
-    timely::dataflow::operators::generic::OutputBuilderSession<'a, Tick, timely::container::CapacityContainerBuilder<Vec<O>>>;
+type RowSession<'a, O> = timely::dataflow::operators::generic::OutputBuilderSession<
+    'a,
+    Tick,
+    timely::container::CapacityContainerBuilder<Vec<O>>,
+>;
 
-fn send_rows<O: timely::ExchangeData>(caps: &CapabilitySet<Tick>, out: &mut RowSession<'_, O>, rows: &mut Vec<(Tick, O)>) {
+fn send_rows<O: timely::ExchangeData>(
+    caps: &CapabilitySet<Tick>,
+    out: &mut RowSession<'_, O>,
+    rows: &mut Vec<(Tick, O)>,
+) {
     if rows.is_empty() {
         return;
     }
@@ -273,7 +283,11 @@ fn send_rows<O: timely::ExchangeData>(caps: &CapabilitySet<Tick>, out: &mut RowS
     }
 }
 
-fn send_duplicates(caps: &CapabilitySet<Tick>, out: &mut RowSession<'_, Report>, dups: &mut Vec<(Tick, u64)>) {
+fn send_duplicates(
+    caps: &CapabilitySet<Tick>,
+    out: &mut RowSession<'_, Report>,
+    dups: &mut Vec<(Tick, u64)>,
+) {
     for (t, n) in dups.drain(..) {
         out.session(&caps.delayed(&t)).give(Report::Duplicates(n));
     }

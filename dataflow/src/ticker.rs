@@ -43,7 +43,7 @@ pub fn ticker<'s, D: timely::ExchangeData>(
                         let b = floor_to(f, interval_ticks);
                         if b > decided {
                             let due = last_commit.is_none_or(|t| t.elapsed() >= min_wall);
-                            if due && b - 1 >= *c.time() {
+                            if due && b > *c.time() {
                                 output.session(&c.delayed(&(b - 1))).give(Marker::Commit(b));
                                 last_commit = Some(Instant::now());
                             }

@@ -259,7 +259,10 @@ impl Logic for Windows {
                         break;
                     }
                     let Reverse((t, key)) = self.closing.pop().unwrap();
-                    let current = self.sessions.get(&key).map(|s| self.session_emit_tick(s, gap_ms));
+                    let current = self
+                        .sessions
+                        .get(&key)
+                        .map(|s| self.session_emit_tick(s, gap_ms));
                     if current == Some(t) {
                         let s = self.sessions.remove(&key).unwrap();
                         let row = self.row(s.first, s.last + gap_ms, key, s.agg);
@@ -278,7 +281,10 @@ impl Logic for Windows {
                     let mut merged: HashMap<&str, Agg> = HashMap::new();
                     for (_, keys) in self.panes.range(start..end) {
                         for (k, a) in keys {
-                            merged.entry(k.as_str()).and_modify(|m| m.merge(a)).or_insert(*a);
+                            merged
+                                .entry(k.as_str())
+                                .and_modify(|m| m.merge(a))
+                                .or_insert(*a);
                         }
                     }
                     let mut rows: Vec<WindowRow> = merged
@@ -328,7 +334,10 @@ impl Logic for Windows {
         let mut closed: BTreeMap<u32, Vec<(Tick, String, Session)>> = BTreeMap::new();
         for ((t, k, _), s) in &self.closed {
             let g = key_group(key_hash(k.as_bytes()));
-            closed.entry(g).or_default().push((*t, k.clone(), s.clone()));
+            closed
+                .entry(g)
+                .or_default()
+                .push((*t, k.clone(), s.clone()));
         }
         let enc = |s: &GroupState| bincode::serialize(s).expect("encode");
         let mut out: Vec<(u32, Vec<u8>)> = panes
@@ -342,7 +351,11 @@ impl Logic for Windows {
             v.sort_by(|a, b| a.0.cmp(&b.0));
             (g, enc(&GroupState::Sessions(v)))
         }));
-        out.extend(closed.into_iter().map(|(g, v)| (g, enc(&GroupState::Closed(v)))));
+        out.extend(
+            closed
+                .into_iter()
+                .map(|(g, v)| (g, enc(&GroupState::Closed(v)))),
+        );
         out
     }
 }

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{key_group, key_hash, Anomaly, AnomalyKind, Metric, Millis, Tick, Txn, WindowRow};
+use crate::event::{
+    key_group, key_hash, Anomaly, AnomalyKind, Metric, Millis, Tick, Txn, WindowRow,
+};
 use crate::params::{TxnZParams, WindowZParams};
 use crate::stateful::{Emit, Logic};
 
@@ -146,7 +148,10 @@ impl Logic for TxnZ {
 fn by_group<V: Serialize>(items: impl Iterator<Item = (String, V)>) -> Vec<(u32, Vec<u8>)> {
     let mut groups: BTreeMap<u32, Vec<(String, V)>> = BTreeMap::new();
     for (k, v) in items {
-        groups.entry(key_group(key_hash(k.as_bytes()))).or_default().push((k, v));
+        groups
+            .entry(key_group(key_hash(k.as_bytes())))
+            .or_default()
+            .push((k, v));
     }
     groups
         .into_iter()
@@ -180,7 +185,8 @@ impl WindowZ {
     }
     pub fn restore(&mut self, groups: &[(u32, Vec<u8>)]) {
         for (_, bytes) in groups {
-            let v: Vec<(String, Vec<Ring>)> = bincode::deserialize(bytes).expect("window z state decodes");
+            let v: Vec<(String, Vec<Ring>)> =
+                bincode::deserialize(bytes).expect("window z state decodes");
             self.rings.extend(v);
         }
     }

@@ -43,24 +43,58 @@ pub fn read_committed(root: &Path) -> Outputs {
             .unwrap_or_else(|e| panic!("manifest {} is not JSON: {e}", manifest_path.display()));
         let ctx = manifest_path.display().to_string();
         assert_eq!(m["format"].as_str(), Some(MANIFEST_FORMAT), "{ctx}: format");
-        let epoch = m["epoch"].as_i64().unwrap_or_else(|| panic!("{ctx}: epoch is not an integer"));
-        let name = manifest_path.file_name().unwrap().to_string_lossy().to_string();
-        assert_eq!(name, format!("{epoch:020}.json"), "{ctx}: manifest name must be the zero-padded epoch");
+        let epoch = m["epoch"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{ctx}: epoch is not an integer"));
+        let name = manifest_path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        assert_eq!(
+            name,
+            format!("{epoch:020}.json"),
+            "{ctx}: manifest name must be the zero-padded epoch"
+        );
 
-        let files = m["files"].as_array().unwrap_or_else(|| panic!("{ctx}: files is not a list"));
+        let files = m["files"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{ctx}: files is not a list"));
         for f in files {
-            let output = f["output"].as_str().unwrap_or_else(|| panic!("{ctx}: file without output: {f}"));
-            let rel = f["path"].as_str().unwrap_or_else(|| panic!("{ctx}: file without path: {f}"));
-            let rows = f["rows"].as_u64().unwrap_or_else(|| panic!("{ctx}: file without rows: {f}"));
-            let size = f["bytes"].as_u64().unwrap_or_else(|| panic!("{ctx}: file without bytes: {f}"));
-            let sha = f["sha256"].as_str().unwrap_or_else(|| panic!("{ctx}: file without sha256: {f}"));
-            assert!(seen_paths.insert(rel.to_string()), "{ctx}: {rel} is listed by more than one manifest entry");
+            let output = f["output"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{ctx}: file without output: {f}"));
+            let rel = f["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{ctx}: file without path: {f}"));
+            let rows = f["rows"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{ctx}: file without rows: {f}"));
+            let size = f["bytes"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{ctx}: file without bytes: {f}"));
+            let sha = f["sha256"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{ctx}: file without sha256: {f}"));
+            assert!(
+                seen_paths.insert(rel.to_string()),
+                "{ctx}: {rel} is listed by more than one manifest entry"
+            );
 
             let path = root.join(rel);
-            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{ctx}: reading listed file {rel}: {e}"));
-            assert_eq!(bytes.len() as u64, size, "{ctx}: {rel}: byte size differs from the manifest");
+            let bytes = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{ctx}: reading listed file {rel}: {e}"));
+            assert_eq!(
+                bytes.len() as u64,
+                size,
+                "{ctx}: {rel}: byte size differs from the manifest"
+            );
             let digest = hex::encode(Sha256::digest(&bytes));
-            assert_eq!(digest, sha.to_ascii_lowercase(), "{ctx}: {rel}: sha256 differs from the manifest");
+            assert_eq!(
+                digest,
+                sha.to_ascii_lowercase(),
+                "{ctx}: {rel}: sha256 differs from the manifest"
+            );
 
             let fctx = format!("{ctx}: {output} file {rel}");
             let batches = read_parquet(&path, rows, &fctx);
@@ -82,13 +116,22 @@ pub fn read_committed(root: &Path) -> Outputs {
 
 fn read_parquet(path: &Path, rows: u64, ctx: &str) -> Vec<RecordBatch> {
     let file = File::open(path).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap_or_else(|e| panic!("{ctx}: not Parquet: {e}"));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap_or_else(|e| panic!("{ctx}: not Parquet: {e}"));
     let meta_rows = builder.metadata().file_metadata().num_rows() as u64;
-    assert_eq!(meta_rows, rows, "{ctx}: Parquet row count differs from the manifest");
+    assert_eq!(
+        meta_rows, rows,
+        "{ctx}: Parquet row count differs from the manifest"
+    );
     let reader = builder.build().unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap_or_else(|e| panic!("{ctx}: {e}"))).collect();
+    let batches: Vec<RecordBatch> = reader
+        .map(|b| b.unwrap_or_else(|e| panic!("{ctx}: {e}")))
+        .collect();
     let read: usize = batches.iter().map(|b| b.num_rows()).sum();
-    assert_eq!(read as u64, rows, "{ctx}: rows read differ from the manifest");
+    assert_eq!(
+        read as u64, rows,
+        "{ctx}: rows read differ from the manifest"
+    );
     batches
 }
 
@@ -103,16 +146,22 @@ struct Batch<'a> {
 
 impl Batch<'_> {
     fn col(&self, name: &str) -> &ArrayRef {
-        let idx = self
-            .batch
-            .schema()
-            .index_of(name)
-            .unwrap_or_else(|_| panic!("{}: no column {name:?} (schema: {:?})", self.ctx, self.batch.schema()));
+        let idx = self.batch.schema().index_of(name).unwrap_or_else(|_| {
+            panic!(
+                "{}: no column {name:?} (schema: {:?})",
+                self.ctx,
+                self.batch.schema()
+            )
+        });
         self.batch.column(idx)
     }
 
     fn type_error(&self, name: &str, want: &str) -> ! {
-        panic!("{}: column {name:?} is {:?}, expected {want}", self.ctx, self.col(name).data_type())
+        panic!(
+            "{}: column {name:?} is {:?}, expected {want}",
+            self.ctx,
+            self.col(name).data_type()
+        )
     }
 
     fn opt_strings(&self, name: &str) -> Vec<Option<String>> {
@@ -133,19 +182,25 @@ impl Batch<'_> {
 
     fn opt_i64s(&self, name: &str) -> Vec<Option<i64>> {
         let c = self.col(name);
-        let a = c.as_primitive_opt::<Int64Type>().unwrap_or_else(|| self.type_error(name, "INT64"));
+        let a = c
+            .as_primitive_opt::<Int64Type>()
+            .unwrap_or_else(|| self.type_error(name, "INT64"));
         a.iter().collect()
     }
 
     fn opt_i32s(&self, name: &str) -> Vec<Option<i32>> {
         let c = self.col(name);
-        let a = c.as_primitive_opt::<Int32Type>().unwrap_or_else(|| self.type_error(name, "INT32"));
+        let a = c
+            .as_primitive_opt::<Int32Type>()
+            .unwrap_or_else(|| self.type_error(name, "INT32"));
         a.iter().collect()
     }
 
     fn opt_f64s(&self, name: &str) -> Vec<Option<f64>> {
         let c = self.col(name);
-        let a = c.as_primitive_opt::<Float64Type>().unwrap_or_else(|| self.type_error(name, "DOUBLE"));
+        let a = c
+            .as_primitive_opt::<Float64Type>()
+            .unwrap_or_else(|| self.type_error(name, "DOUBLE"));
         a.iter().collect()
     }
 
@@ -156,7 +211,9 @@ impl Batch<'_> {
             DataType::Timestamp(TimeUnit::Millisecond, Some(_)) => {}
             _ => self.type_error(name, "TIMESTAMP(MILLIS, UTC)"),
         }
-        c.as_primitive::<TimestampMillisecondType>().iter().collect()
+        c.as_primitive::<TimestampMillisecondType>()
+            .iter()
+            .collect()
     }
 
     /// DECIMAL(18,2) as its unscaled value.
@@ -172,7 +229,9 @@ impl Batch<'_> {
     fn required<T>(&self, name: &str, v: Vec<Option<T>>) -> Vec<T> {
         v.into_iter()
             .enumerate()
-            .map(|(i, x)| x.unwrap_or_else(|| panic!("{}: column {name:?} is null at row {i}", self.ctx)))
+            .map(|(i, x)| {
+                x.unwrap_or_else(|| panic!("{}: column {name:?} is null at row {i}", self.ctx))
+            })
             .collect()
     }
 
@@ -270,7 +329,8 @@ fn window_rows(b: &Batch, rel: &str) -> Vec<WindowRow> {
         .map(|f| f.name().clone())
         .filter(|n| !WINDOW_FIXED_COLUMNS.contains(&n.as_str()))
         .collect();
-    let group_values: Vec<Vec<Option<String>>> = group_fields.iter().map(|f| b.opt_strings(f)).collect();
+    let group_values: Vec<Vec<Option<String>>> =
+        group_fields.iter().map(|f| b.opt_strings(f)).collect();
     let n = b.batch.num_rows();
     let txn_count = has("txn_count").then(|| b.i64s("txn_count"));
     let sum_cents = has("sum_cents").then(|| b.i64s("sum_cents"));
@@ -280,7 +340,12 @@ fn window_rows(b: &Batch, rel: &str) -> Vec<WindowRow> {
     (0..n)
         .map(|i| {
             let dir = format!("windows/window={}/", window[i]);
-            assert!(rel.starts_with(&dir), "{}: row {i} has window {:?} but the file is not under {dir}", b.ctx, window[i]);
+            assert!(
+                rel.starts_with(&dir),
+                "{}: row {i} has window {:?} but the file is not under {dir}",
+                b.ctx,
+                window[i]
+            );
             let mut group: Vec<(String, Option<String>)> = group_fields
                 .iter()
                 .zip(&group_values)
@@ -413,13 +478,27 @@ fn same_reject(a: &RejectRow, b: &RejectRow) -> bool {
 
 type TxnKey = (String, i32, i64);
 type WindowKey = (String, i64, i64, Vec<(String, Option<String>)>);
-type AnomalyKey = (String, String, String, Option<String>, Option<i64>, Option<i64>, Option<String>, i64);
+type AnomalyKey = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    i64,
+);
 
 fn transaction_key(r: &TransactionRow) -> TxnKey {
     (r.source.clone(), r.partition, r.offset)
 }
 fn window_key(r: &WindowRow) -> WindowKey {
-    (r.window.clone(), r.window_start, r.window_end, r.group.clone())
+    (
+        r.window.clone(),
+        r.window_start,
+        r.window_end,
+        r.group.clone(),
+    )
 }
 fn anomaly_key(r: &AnomalyRow) -> AnomalyKey {
     (
@@ -498,7 +577,11 @@ fn compare<T: Debug, K: Ord + Debug>(
         s += &format!("\n  extra (committed, not expected):   {}", show(*r));
     }
     for (x, y) in differ.iter().take(SHOW) {
-        s += &format!("\n  differs:\n    expected:  {}\n    committed: {}", show(*x), show(*y));
+        s += &format!(
+            "\n  differs:\n    expected:  {}\n    committed: {}",
+            show(*x),
+            show(*y)
+        );
     }
     report.push(s);
 }
@@ -507,7 +590,14 @@ fn compare<T: Debug, K: Ord + Debug>(
 /// `expected` (as sets of rows; doubles to 1e-9 relative precision).
 pub fn assert_same(expected: &Outputs, actual: &Outputs) {
     let mut report = Vec::new();
-    compare("transactions", &expected.transactions, &actual.transactions, transaction_key, same_transaction, &mut report);
+    compare(
+        "transactions",
+        &expected.transactions,
+        &actual.transactions,
+        transaction_key,
+        same_transaction,
+        &mut report,
+    );
 
     let mut specs: BTreeSet<&str> = BTreeSet::new();
     let by_spec = |rows: &'_ [WindowRow]| {
@@ -533,8 +623,22 @@ pub fn assert_same(expected: &Outputs, actual: &Outputs) {
         );
     }
 
-    compare("anomalies", &expected.anomalies, &actual.anomalies, anomaly_key, same_anomaly, &mut report);
-    compare("rejects", &expected.rejects, &actual.rejects, reject_key, same_reject, &mut report);
+    compare(
+        "anomalies",
+        &expected.anomalies,
+        &actual.anomalies,
+        anomaly_key,
+        same_anomaly,
+        &mut report,
+    );
+    compare(
+        "rejects",
+        &expected.rejects,
+        &actual.rejects,
+        reject_key,
+        same_reject,
+        &mut report,
+    );
     if expected.duplicates != actual.duplicates {
         report.push(format!(
             "duplicates count differs: expected {}, committed {}",
@@ -542,6 +646,9 @@ pub fn assert_same(expected: &Outputs, actual: &Outputs) {
         ));
     }
     if !report.is_empty() {
-        panic!("committed outputs differ from the reference:\n{}", report.join("\n\n"));
+        panic!(
+            "committed outputs differ from the reference:\n{}",
+            report.join("\n\n")
+        );
     }
 }

@@ -42,7 +42,8 @@ pub fn tempdir() -> PathBuf {
         .as_nanos();
     loop {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("tidemark-test-{}-{nanos}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tidemark-test-{}-{nanos}-{n}", std::process::id()));
         match std::fs::create_dir(&dir) {
             Ok(()) => return dir,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

@@ -55,15 +55,24 @@ pub const ALL_AGGREGATES: [&str; 5] = ["count", "sum", "avg", "min", "max"];
 /// The three window specs of the default configuration (SPEC 6).
 pub fn default_window_specs() -> Vec<WindowSpec> {
     vec![
-        WindowSpec::new("status_1m", WindowKind::Tumbling { size_ms: 60_000 }, &["status"]),
+        WindowSpec::new(
+            "status_1m",
+            WindowKind::Tumbling { size_ms: 60_000 },
+            &["status"],
+        ),
         WindowSpec::new(
             "merchant_5m",
-            WindowKind::Sliding { size_ms: 300_000, slide_ms: 60_000 },
+            WindowKind::Sliding {
+                size_ms: 300_000,
+                slide_ms: 60_000,
+            },
             &["merchant"],
         ),
         WindowSpec::new(
             "customer_session",
-            WindowKind::Session { gap_ms: 30 * 60_000 },
+            WindowKind::Session {
+                gap_ms: 30 * 60_000,
+            },
             &["customer_id"],
         ),
     ]
@@ -198,7 +207,11 @@ pub struct Outputs {
 /// Sorts paths in "sorted path order": bytewise on the path as given.
 pub fn sort_paths(files: &[PathBuf]) -> Vec<PathBuf> {
     let mut sorted = files.to_vec();
-    sorted.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
+    sorted.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
     sorted
 }
 
@@ -412,7 +425,10 @@ impl<'a> Parser<'a> {
 /// Err(()) for anything that is not valid JSON or that SPEC calls malformed
 /// (duplicate keys, lone surrogates). The input must already be valid UTF-8.
 pub fn parse_json(text: &str) -> Result<Json, ()> {
-    let mut p = Parser { s: text.as_bytes(), i: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
     let mut stack: Vec<Open> = Vec::new();
     let result: Json;
     'value: loop {
@@ -470,7 +486,8 @@ pub fn parse_json(text: &str) -> Result<Json, ()> {
                 break 'value;
             };
             if top.is_object && depth <= 2 {
-                top.members.push((std::mem::take(&mut top.pending_key), value));
+                top.members
+                    .push((std::mem::take(&mut top.pending_key), value));
             }
             p.skip_ws();
             match p.peek().ok_or(())? {
@@ -609,7 +626,10 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         if !part.iter().all(|c| c.is_ascii_digit()) {
             return None;
         }
-        Some(part.iter().fold(0i64, |acc, c| acc * 10 + (c - b'0') as i64))
+        Some(
+            part.iter()
+                .fold(0i64, |acc, c| acc * 10 + (c - b'0') as i64),
+        )
     };
     let year = num(0, 4)?;
     if b.get(4) != Some(&b'-') {
@@ -648,7 +668,9 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         while ms_digits.len() < 3 {
             ms_digits.push(b'0');
         }
-        frac_ms = ms_digits.iter().fold(0i64, |acc, c| acc * 10 + (c - b'0') as i64);
+        frac_ms = ms_digits
+            .iter()
+            .fold(0i64, |acc, c| acc * 10 + (c - b'0') as i64);
     }
     let offset_seconds: i64 = match b.get(i) {
         Some(b'Z' | b'z') => {
@@ -682,7 +704,8 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     {
         return None;
     }
-    let local_seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    let local_seconds =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
     Some((local_seconds - offset_seconds) * 1000 + frac_ms)
 }
 
@@ -829,9 +852,15 @@ pub fn compute_records(partitions: &[Vec<Vec<u8>>], p: &RefParams) -> Outputs {
             match verdict {
                 Ok(v) => {
                     max_ts = Some(max_ts.map_or(v.event_time, |m| m.max(v.event_time)));
-                    accepted.push(Accepted { v, partition, offset });
+                    accepted.push(Accepted {
+                        v,
+                        partition,
+                        offset,
+                    });
                 }
-                Err(reason) => out.rejects.push(reject_row(raw, reason, &p.source, partition, offset)),
+                Err(reason) => out
+                    .rejects
+                    .push(reject_row(raw, reason, &p.source, partition, offset)),
             }
         }
     }
@@ -878,7 +907,10 @@ pub fn compute_records(partitions: &[Vec<Vec<u8>>], p: &RefParams) -> Outputs {
 fn reject_row(raw: &[u8], reason: &str, source: &str, partition: i32, offset: i64) -> RejectRow {
     let (raw, raw_encoding) = match std::str::from_utf8(raw) {
         Ok(s) => (s.to_string(), "utf8"),
-        Err(_) => (base64::engine::general_purpose::STANDARD.encode(raw), "base64"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(raw),
+            "base64",
+        ),
     };
     RejectRow {
         raw,
@@ -922,7 +954,10 @@ fn transaction_row(a: &Accepted, source: &str) -> TransactionRow {
         status: v.status.clone(),
         timestamp: v.timestamp.clone(),
         // BTreeMap<String, _> iterates keys in bytewise order.
-        metadata: v.metadata.as_ref().map(|m| serde_json::to_string(m).unwrap()),
+        metadata: v
+            .metadata
+            .as_ref()
+            .map(|m| serde_json::to_string(m).unwrap()),
         event_time: v.event_time,
         amount_cents: v.cents,
         amount_category: amount_category(v.cents).to_string(),
@@ -965,7 +1000,15 @@ struct WindowAgg {
 
 impl WindowAgg {
     fn new(start: i64, end: i64, key: Vec<String>) -> WindowAgg {
-        WindowAgg { start, end, key, count: 0, sum: 0, min: i64::MAX, max: i64::MIN }
+        WindowAgg {
+            start,
+            end,
+            key,
+            count: 0,
+            sum: 0,
+            min: i64::MAX,
+            max: i64::MIN,
+        }
     }
 
     fn add(&mut self, cents: i64) {
@@ -1089,7 +1132,8 @@ fn transaction_anomalies(txns: &[TransactionRow], p: &RefParams) -> Vec<AnomalyR
     let mut rows = Vec::new();
     for (customer, mut ts) in by_customer {
         ts.sort_by(|a, b| {
-            (a.event_time, a.transaction_id.as_bytes()).cmp(&(b.event_time, b.transaction_id.as_bytes()))
+            (a.event_time, a.transaction_id.as_bytes())
+                .cmp(&(b.event_time, b.transaction_id.as_bytes()))
         });
         let mut history: Vec<i64> = Vec::new();
         for t in ts {

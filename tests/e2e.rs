@@ -1,0 +1,336 @@
+//! End-to-end tests of the binary: cluster-shape invariance, crash safety,
+//! recovery from damage, and clear failures on bad configuration.
+//!
+//! Each compares whole committed outputs (read only through manifests)
+//! against an uninterrupted single-worker run, which `tests/reference.rs`
+//! in turn compares against the independent reference implementation.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::committed::{assert_same, read_committed};
+
+/// Many small epochs, so crashes land between commits.
+const FAST_COMMITS: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n";
+
+fn generate(dir: &Path, events: u64, partitions: u32, seed: u64) -> String {
+    common::run_ok(&[
+        "generate",
+        "--output",
+        dir.to_str().unwrap(),
+        "--events",
+        &events.to_string(),
+        "--partitions",
+        &partitions.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+    format!("{}/*.jsonl", dir.display())
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("job.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn replay_cmd(input: &str, out: &Path, config: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(common::tidemark_bin());
+    c.args([
+        "replay",
+        "--input",
+        input,
+        "--output",
+        out.to_str().unwrap(),
+    ])
+    .args(["--config", config.to_str().unwrap()])
+    .args(extra)
+    .env("TIDEMARK_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+fn run_replay(input: &str, out: &Path, config: &Path, extra: &[&str]) {
+    let o = replay_cmd(input, out, config, extra).output().unwrap();
+    assert!(
+        o.status.success(),
+        "replay {extra:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// A real cluster of `n` processes over loopback, with a hostfile.
+fn run_cluster(input: &str, out: &Path, config: &Path, processes: usize, workers: usize) {
+    let dir = out.parent().unwrap();
+    let hostfile = dir.join(format!("hosts-{processes}x{workers}.txt"));
+    let hosts: Vec<String> = free_ports(processes)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    std::fs::write(&hostfile, hosts.join("\n") + "\n").unwrap();
+    let children: Vec<Child> = (0..processes)
+        .map(|i| {
+            let (w, n, p) = (workers.to_string(), processes.to_string(), i.to_string());
+            replay_cmd(
+                input,
+                out,
+                config,
+                &[
+                    "-w",
+                    &w,
+                    "-n",
+                    &n,
+                    "-p",
+                    &p,
+                    "-h",
+                    hostfile.to_str().unwrap(),
+                ],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "process {i} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+fn verify_ok(root: &Path) {
+    let o = Command::new(common::tidemark_bin())
+        .args(["verify", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "verify failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn cluster_shapes_commit_identical_outputs() {
+    let tmp = common::tempdir();
+    let input = generate(&tmp.join("in"), 100_000, 8, 11);
+    let config = write_config(&tmp, FAST_COMMITS);
+
+    let base = tmp.join("1x1");
+    run_replay(&input, &base, &config, &["-w", "1"]);
+    let expected = read_committed(&base);
+    assert!(
+        expected.transactions.len() > 90_000,
+        "{} transactions",
+        expected.transactions.len()
+    );
+
+    let two = tmp.join("1x2");
+    run_replay(&input, &two, &config, &["-w", "2"]);
+    assert_same(&expected, &read_committed(&two));
+
+    for (n, w) in [(2, 1), (2, 2)] {
+        let out = tmp.join(format!("{n}x{w}"));
+        run_cluster(&input, &out, &config, n, w);
+        verify_ok(&out);
+        assert_same(&expected, &read_committed(&out));
+    }
+}
+
+fn manifests(root: &Path) -> usize {
+    std::fs::read_dir(root.join("manifests")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn kill_at_five_moments_then_restart_equals_uninterrupted() {
+    let tmp = common::tempdir();
+    let input = generate(&tmp.join("in"), 150_000, 8, 23);
+    let config = write_config(&tmp, FAST_COMMITS);
+    let clean = tmp.join("clean");
+    run_replay(&input, &clean, &config, &["-w", "2"]);
+    let expected = read_committed(&clean);
+    let total = manifests(&clean);
+    assert!(
+        total >= 10,
+        "only {total} epochs committed: the test needs many"
+    );
+
+    // Kill -9 once after each of five different numbers of committed epochs
+    // (plus once before any commit), restarting in between.
+    let out = tmp.join("crashy");
+    let mut kills = 0;
+    for target in [0, total / 5, 2 * total / 5, 3 * total / 5, 4 * total / 5] {
+        let mut child = replay_cmd(&input, &out, &config, &["-w", "2"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if manifests(&out) > target || Instant::now() > deadline {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = child.wait();
+    }
+    assert!(kills >= 3, "the job finished before most kills ({kills})");
+    run_replay(&input, &out, &config, &["-w", "2"]);
+    verify_ok(&out);
+    assert_same(&expected, &read_committed(&out));
+}
+
+#[test]
+fn damaged_epochs_are_reported_and_recovered() {
+    let tmp = common::tempdir();
+    let input = generate(&tmp.join("in"), 60_000, 4, 5);
+    let config = write_config(&tmp, FAST_COMMITS);
+    let clean = tmp.join("clean");
+    run_replay(&input, &clean, &config, &["-w", "1"]);
+    let expected = read_committed(&clean);
+
+    for damage in ["manifest", "state", "data"] {
+        let out = tmp.join(format!("damaged-{damage}"));
+        // A run that stops half-way, so the newest epoch is not the last.
+        let mut child = replay_cmd(&input, &out, &config, &["-w", "1"])
+            .spawn()
+            .unwrap();
+        while manifests(&out) < 4 && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let newest = newest_manifest(&out);
+        let text = std::fs::read_to_string(&newest).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match damage {
+            "manifest" => std::fs::write(&newest, &text[..text.len() / 2]).unwrap(),
+            "state" => {
+                let path = m["job"]["state"][0]["path"]
+                    .as_str()
+                    .expect("newest epoch has state");
+                flip_byte(&out.join(path));
+            }
+            _ => {
+                let path = m["files"][0]["path"]
+                    .as_str()
+                    .expect("newest epoch has files");
+                flip_byte(&out.join(path));
+            }
+        }
+        let o = Command::new(common::tidemark_bin())
+            .args(["verify", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "verify missed damaged {damage}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("DAMAGED"));
+
+        run_replay(&input, &out, &config, &["-w", "1"]);
+        verify_ok(&out);
+        assert_same(&expected, &read_committed(&out));
+    }
+}
+
+fn newest_manifest(root: &Path) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v.pop().expect("a committed manifest")
+}
+
+fn flip_byte(p: &Path) {
+    let mut b = std::fs::read(p).unwrap();
+    let i = b.len() / 2;
+    b[i] ^= 0xff;
+    std::fs::write(p, b).unwrap();
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let o = Command::new(common::tidemark_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{args:?} should fail");
+    assert!(
+        err.contains(needle),
+        "{args:?}: message {err:?} should mention {needle:?}"
+    );
+}
+
+#[test]
+fn bad_configuration_fails_at_start_naming_the_problem() {
+    let tmp = common::tempdir();
+    let input = generate(&tmp.join("in"), 100, 1, 1);
+    let out = tmp.join("out");
+    let out = out.to_str().unwrap();
+    let cfg = |name: &str, text: &str| {
+        let p = tmp.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let unknown = cfg(
+        "unknown.toml",
+        "[dedup]\nhorizon = \"10m\"\nhorizn = \"5m\"\n",
+    );
+    fails_with(
+        &[
+            "replay", "--input", &input, "--output", out, "--config", &unknown,
+        ],
+        "horizn",
+    );
+    let tick = cfg("tick.toml", "[time]\ntick = \"7s\"\n");
+    fails_with(
+        &[
+            "replay", "--input", &input, "--output", out, "--config", &tick,
+        ],
+        "not a multiple of time.tick",
+    );
+    let none = tmp.join("no-such-hostfile");
+    fails_with(
+        &[
+            "replay",
+            "--input",
+            &input,
+            "--output",
+            out,
+            "-n",
+            "2",
+            "-p",
+            "0",
+            "-h",
+            none.to_str().unwrap(),
+        ],
+        "hostfile",
+    );
+    fails_with(
+        &["replay", "--input", "/nonexistent/*.jsonl", "--output", out],
+        "matches no file",
+    );
+    assert!(
+        !Path::new(out).join("manifests").exists(),
+        "a failed start must not commit"
+    );
+}
