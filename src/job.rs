@@ -50,6 +50,8 @@ pub struct JobSpec {
     pub output: String,
     pub min_wall: Duration,
     pub timely: timely::Config,
+    /// Events per second across the whole job; `None` for as fast as possible.
+    pub max_rate: Option<u64>,
 }
 
 /// The parameters that shape state and outputs; a restore under different
@@ -220,6 +222,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
                 max_lag_ticks: 120,
                 skip_below,
                 meter: sh.meter.clone(),
+                max_rate: sh.spec.max_rate.map(|r| (r / peers as u64).max(1)),
             },
             readers,
             probe.clone(),

@@ -63,6 +63,9 @@ struct RunArgs {
     /// Keep running until SIGINT/SIGTERM (an unbounded generator).
     #[arg(long)]
     follow: bool,
+    /// Read at most this many events per second (whole job).
+    #[arg(long)]
+    rate: Option<u64>,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Print help.
@@ -81,6 +84,9 @@ struct ReplayArgs {
     /// Configuration file for windows, detectors and checkpoints (optional).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Read at most this many events per second (whole job).
+    #[arg(long)]
+    rate: Option<u64>,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Print help.
@@ -102,6 +108,14 @@ struct GenerateArgs {
 }
 
 fn main() -> ExitCode {
+    // A panicking worker would leave its peers waiting forever: report the
+    // panic and end the process, so a supervisor (or test) sees the failure
+    // and the next start resumes from the last committed epoch.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::exit(101);
+    }));
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
@@ -141,7 +155,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ),
                 other => anyhow::bail!("source.kind = {other:?}: use \"generator\" or \"files\""),
             };
-            run(&cfg, a.cluster, source, output)
+            run(&cfg, a.cluster, source, output, a.rate)
         }
         Command::Replay(a) => {
             let cfg = match &a.config {
@@ -150,7 +164,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             progress::init_logging(&cfg.job.log);
             let files = tidemark_connectors::file::expand_inputs(&a.input)?;
-            run(&cfg, a.cluster, SourceSpec::Files(files), a.output)
+            run(&cfg, a.cluster, SourceSpec::Files(files), a.output, a.rate)
         }
         Command::Generate(a) => {
             let g = tidemark_connectors::generator::GenConfig {
@@ -178,7 +192,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn run(cfg: &Config, cluster: ClusterArgs, source: SourceSpec, output: String) -> Result<ExitCode> {
+fn run(
+    cfg: &Config,
+    cluster: ClusterArgs,
+    source: SourceSpec,
+    output: String,
+    max_rate: Option<u64>,
+) -> Result<ExitCode> {
     let params = cfg.params()?;
     let timely = cluster::timely_config(&cluster, &cfg.cluster)?;
     let spec = JobSpec {
@@ -188,6 +208,7 @@ fn run(cfg: &Config, cluster: ClusterArgs, source: SourceSpec, output: String) -
         output,
         min_wall: cfg.min_wall_interval()?,
         timely,
+        max_rate,
     };
     let summary = job::run(spec)?;
     summary.print();

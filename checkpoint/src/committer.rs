@@ -50,6 +50,8 @@ pub fn committer<'s>(
     on_commit: Box<dyn FnMut(i64)>,
 ) {
     let scope = reports.scope();
+    // One committer: worker 0. The others only drain their (empty) inputs.
+    let is_committer = scope.index() == 0;
     let mut builder = OperatorBuilder::new("Committer".to_owned(), scope);
     let mut rep_in = builder.new_input(reports, Exchange::new(|_: &EpochReport| 0u64));
     let mut pos_in = builder.new_input(positions, Exchange::new(|_: &PositionEntry| 0u64));
@@ -89,7 +91,7 @@ pub fn committer<'s>(
                     Marker::Final => None,
                 }))
             });
-            if done {
+            if done || !is_committer {
                 return;
             }
             boundaries.sort_unstable();

@@ -101,6 +101,9 @@ pub struct SourceConfig {
     pub skip_below: Tick,
     /// Shared with the process's progress display and latency accounting.
     pub meter: std::sync::Arc<Meter>,
+    /// Read at most this many records per second on this worker (`None`:
+    /// as fast as downstream allows). For fixed-rate runs and benchmarks.
+    pub max_rate: Option<u64>,
 }
 
 /// What the sources of a process have read: a count, and for latency
@@ -182,6 +185,9 @@ pub fn source<'s>(
         let mut accepted: Vec<(Tick, Txn)> = Vec::new();
         let mut rejected: Vec<(Tick, Reject)> = Vec::new();
         let mut announced = false;
+        let started = Instant::now();
+        let mut total_read = 0u64;
+        let mut cursor = 0usize;
 
         move |_frontiers| {
             let Some([txn_cap, rej_cap, pos_cap]) = caps.as_mut() else {
@@ -213,21 +219,46 @@ pub fn source<'s>(
                 })
             });
 
+            // Rate limit: the records this worker may have read by now.
+            let budget = match config.max_rate {
+                Some(rate) => {
+                    let allowed = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                    (allowed.saturating_sub(total_read) as usize).min(config.budget)
+                }
+                None => config.budget,
+            };
+            let throttled = budget == 0;
             let mut read = 0usize;
             let mut pending_any = false;
-            if !lagging {
+            if !lagging && !throttled {
                 let floor = cap_time;
-                'outer: while read < config.budget {
+                // Every live partition gets a fair share, starting where the
+                // last activation stopped, so none is starved and the
+                // watermark (their minimum) keeps moving.
+                let live = parts.iter().filter(|p| !p.finished).count().max(1);
+                let share = config.batch.min(budget.div_ceil(live)).max(1);
+                let n = parts.len();
+                'outer: while read < budget {
                     let mut progressed = false;
-                    for p in parts.iter_mut().filter(|p| !p.finished) {
+                    let start = cursor;
+                    for i in 0..n {
+                        let idx = (start + i) % n;
+                        cursor = (idx + 1) % n;
+                        let p = &mut parts[idx];
+                        if p.finished {
+                            continue;
+                        }
                         batch.clear();
-                        let poll = p.reader.poll(config.batch, &mut batch).unwrap_or_else(|e| {
-                            panic!(
-                                "source {name_p} partition {}: {e}",
-                                p.start.partition,
-                                name_p = "input"
-                            )
-                        });
+                        let poll = p
+                            .reader
+                            .poll(share.min(budget - read), &mut batch)
+                            .unwrap_or_else(|e| {
+                                panic!(
+                                    "source {name_p} partition {}: {e}",
+                                    p.start.partition,
+                                    name_p = "input"
+                                )
+                            });
                         match poll {
                             Poll::Finished => p.finished = true,
                             Poll::Pending => {
@@ -277,7 +308,7 @@ pub fn source<'s>(
                             max_ts: p.max_ts,
                             max_tick: p.max_tick,
                         });
-                        if read >= config.budget {
+                        if read >= budget {
                             break 'outer;
                         }
                     }
@@ -307,8 +338,9 @@ pub fn source<'s>(
                 rej_cap.downgrade(&wm);
                 pos_cap.downgrade(&wm);
             }
-            if lagging || (pending_any && read == 0) {
-                activator.activate_after(Duration::from_millis(if lagging { 1 } else { 10 }));
+            total_read += read as u64;
+            if lagging || throttled || (pending_any && read == 0) {
+                activator.activate_after(Duration::from_millis(if pending_any { 10 } else { 1 }));
             } else {
                 activator.activate();
             }

@@ -107,10 +107,11 @@ where
     >::from(reports_out);
 
     builder.build(move |initial| {
-        // Dropping the initial capabilities: we hold only what pending work needs.
-        drop(initial);
-        let mut row_caps = CapabilitySet::<Tick>::new();
-        let mut report_caps = CapabilitySet::<Tick>::new();
+        // The initial capabilities cover what restored state may emit; the
+        // first activation downgrades them to exactly that.
+        let mut initial = initial.into_iter();
+        let mut row_caps = CapabilitySet::from_elem(initial.next().expect("rows capability"));
+        let mut report_caps = CapabilitySet::from_elem(initial.next().expect("reports capability"));
         let mut buffered: BTreeMap<Tick, Vec<L::In>> = BTreeMap::new();
         let mut boundaries: BTreeSet<Tick> = BTreeSet::new();
         // The time of the `Final` marker, once seen: held to report the last snapshot.

@@ -43,8 +43,23 @@ pub fn ticker<'s, D: timely::ExchangeData>(
                         let b = floor_to(f, interval_ticks);
                         if b > decided {
                             let due = last_commit.is_none_or(|t| t.elapsed() >= min_wall);
-                            if due && b > *c.time() {
-                                output.session(&c.delayed(&(b - 1))).give(Marker::Commit(b));
+                            if due {
+                                // With no wall-time limit every boundary commits;
+                                // otherwise the newest passed one stands for all.
+                                let lowest = if decided == Tick::MIN {
+                                    b
+                                } else {
+                                    decided + interval_ticks
+                                };
+                                let mut m = if min_wall.is_zero() { lowest } else { b };
+                                while m <= b {
+                                    if m > *c.time() {
+                                        output
+                                            .session(&c.delayed(&(m - 1)))
+                                            .give(Marker::Commit(m));
+                                    }
+                                    m += interval_ticks;
+                                }
                                 last_commit = Some(Instant::now());
                             }
                             decided = b;
