@@ -134,3 +134,97 @@ impl Logic for Dedup {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Currency, Status, TxnText};
+
+    fn txn(id: &str, t: Millis, partition: u32, offset: u64) -> Txn {
+        let text = TxnText {
+            transaction_id: id,
+            customer_id: "c",
+            ..Default::default()
+        };
+        Txn::new(
+            t,
+            100,
+            Currency::Usd,
+            Status::Completed,
+            text,
+            partition,
+            offset,
+        )
+    }
+
+    /// Feeds each tick's records and returns the kept (partition, offset) and duplicate count.
+    fn run(horizon: i64, ticks: Vec<Vec<Txn>>) -> (Vec<(u32, u64)>, u64) {
+        let mut d = Dedup::new(horizon, 1000);
+        let mut out = Emit::default();
+        for mut batch in ticks {
+            let t = batch[0].event_time / 1000;
+            d.on_tick(t, &mut batch, &mut out);
+            d.flush(Some(t + 1), &mut out);
+        }
+        let kept = out
+            .rows
+            .iter()
+            .map(|(_, t)| (t.partition, t.offset))
+            .collect();
+        (kept, out.duplicates.iter().map(|d| d.1).sum())
+    }
+
+    #[test]
+    fn first_copy_wins_by_time_then_partition_then_offset() {
+        // Same event time: the lower partition wins, whatever the arrival order.
+        let (kept, dups) = run(
+            600_000,
+            vec![vec![txn("a", 5_000, 1, 0), txn("a", 5_000, 0, 9)]],
+        );
+        assert_eq!((kept, dups), (vec![(0, 9)], 1));
+        // Same partition and time: the lower offset wins.
+        let (kept, _) = run(
+            600_000,
+            vec![vec![txn("b", 5_000, 2, 7), txn("b", 5_000, 2, 3)]],
+        );
+        assert_eq!(kept, vec![(2, 3)]);
+        // An earlier event time wins over a lower partition.
+        let (kept, _) = run(
+            600_000,
+            vec![vec![txn("c", 5_100, 0, 0), txn("c", 5_050, 3, 0)]],
+        );
+        assert_eq!(kept, vec![(3, 0)]);
+    }
+
+    #[test]
+    fn horizon_is_inclusive_and_measured_from_the_anchor() {
+        let h = 600_000;
+        let (kept, dups) = run(
+            h,
+            vec![
+                vec![txn("x", 0, 0, 0)],
+                vec![txn("x", 360_000, 0, 1)], // duplicate, does not move the anchor
+                vec![txn("x", h, 0, 2)],       // exactly the horizon: duplicate
+                vec![txn("x", h + 1, 0, 3)],   // beyond: kept, new anchor
+                vec![txn("x", 2 * h + 1, 0, 4)], // horizon from the new anchor: duplicate
+                vec![txn("y", 2 * h + 1, 1, 0)], // other ids are independent
+            ],
+        );
+        assert_eq!(kept, vec![(0, 0), (0, 3), (1, 0)]);
+        assert_eq!(dups, 3);
+    }
+
+    #[test]
+    fn snapshot_restores_live_anchors() {
+        let mut d = Dedup::new(600_000, 1000);
+        let mut out = Emit::default();
+        d.on_tick(0, &mut vec![txn("x", 0, 0, 0)], &mut out);
+        d.flush(Some(1), &mut out);
+        let mut r = Dedup::new(600_000, 1000);
+        r.restore(&d.snapshot());
+        let mut out = Emit::default();
+        r.on_tick(300, &mut vec![txn("x", 300_000, 1, 0)], &mut out);
+        assert!(out.rows.is_empty());
+        assert_eq!(out.duplicates, vec![(300, 1)]);
+    }
+}

@@ -359,3 +359,196 @@ impl Logic for Windows {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::GroupField;
+    use crate::params::Aggregate;
+
+    const S: i64 = 1000;
+    const M: i64 = 60 * S;
+
+    fn spec(kind: WindowKind) -> WindowSpec {
+        WindowSpec {
+            name: "w".into(),
+            kind,
+            group_by: vec![GroupField::Status],
+            aggregates: vec![Aggregate::Count],
+        }
+    }
+
+    fn rec(time: Millis, cents: i64, key: &str) -> WinIn {
+        WinIn {
+            time,
+            cents,
+            key: key.into(),
+        }
+    }
+
+    /// Feeds records tick by tick with the frontier right behind them, then
+    /// ends the input; returns every row with its emission tick.
+    fn run(kind: WindowKind, records: Vec<WinIn>) -> Vec<(Tick, WindowRow)> {
+        let mut w = Windows::new(0, &spec(kind), S);
+        let mut out = Emit::default();
+        let mut by_tick: BTreeMap<Tick, Vec<WinIn>> = BTreeMap::new();
+        for r in records {
+            by_tick.entry(tick_of(r.time, S)).or_default().push(r);
+        }
+        for (t, mut batch) in by_tick {
+            w.flush(Some(t), &mut out);
+            w.on_tick(t, &mut batch, &mut out);
+            w.flush(Some(t + 1), &mut out);
+        }
+        w.flush(None, &mut out);
+        out.rows
+    }
+
+    fn brief(rows: &[(Tick, WindowRow)]) -> Vec<(Tick, Millis, Millis, &str, i64, i64)> {
+        rows.iter()
+            .map(|(t, r)| (*t, r.start, r.end, r.key.as_str(), r.count, r.sum_cents))
+            .collect()
+    }
+
+    #[test]
+    fn tumbling_windows_are_half_open_and_emitted_at_their_end() {
+        let rows = run(
+            WindowKind::Tumbling { size_ms: M },
+            vec![
+                rec(0, 1, "A"),
+                rec(M - 1, 2, "A"),
+                rec(M, 4, "A"),
+                rec(30 * S, 8, "B"),
+            ],
+        );
+        assert_eq!(
+            brief(&rows),
+            vec![
+                (60, 0, M, "A", 2, 3),
+                (60, 0, M, "B", 1, 8),
+                (120, M, 2 * M, "A", 1, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn tumbling_window_waits_for_the_frontier() {
+        let mut w = Windows::new(0, &spec(WindowKind::Tumbling { size_ms: M }), S);
+        let mut out = Emit::default();
+        w.on_tick(10, &mut vec![rec(10 * S, 5, "A")], &mut out);
+        w.flush(Some(60), &mut out); // ticks below 60 final: the window ends at 60, not yet
+        assert!(out.rows.is_empty());
+        assert_eq!(w.pending(), Some(60));
+        w.flush(Some(61), &mut out);
+        assert_eq!(out.rows.len(), 1);
+        assert_eq!(w.pending(), None);
+    }
+
+    #[test]
+    fn sliding_window_membership() {
+        // One record at 2m30s belongs to the five 5-minute windows starting
+        // at -2m, -1m, 0, 1m and 2m.
+        let rows = run(
+            WindowKind::Sliding {
+                size_ms: 5 * M,
+                slide_ms: M,
+            },
+            vec![rec(2 * M + 30 * S, 7, "A")],
+        );
+        let starts: Vec<Millis> = rows.iter().map(|(_, r)| r.start).collect();
+        assert_eq!(starts, vec![-2 * M, -M, 0, M, 2 * M]);
+        assert!(rows
+            .iter()
+            .all(|(t, r)| *t == r.end / S && r.end - r.start == 5 * M && r.count == 1));
+    }
+
+    #[test]
+    fn sliding_window_merges_panes() {
+        let rows = run(
+            WindowKind::Sliding {
+                size_ms: 2 * M,
+                slide_ms: M,
+            },
+            vec![rec(10 * S, 1, "A"), rec(M + 10 * S, 2, "A")],
+        );
+        assert_eq!(
+            brief(&rows),
+            vec![
+                (60, -M, M, "A", 1, 1),
+                (120, 0, 2 * M, "A", 2, 3),
+                (180, M, 3 * M, "A", 1, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn session_joins_within_gap_inclusive_and_closes_after_it() {
+        let gap = 30 * M;
+        let rows = run(
+            WindowKind::Session { gap_ms: gap },
+            vec![
+                rec(0, 1, "A"),
+                rec(10 * M, 2, "A"),
+                rec(40 * M, 4, "A"), // exactly `gap` after the last event: joins
+                rec(70 * M + 1, 8, "A"), // one ms past last + gap: a new session
+            ],
+        );
+        assert_eq!(
+            brief(&rows),
+            vec![
+                (tick_of(70 * M, S) + 1, 0, 70 * M, "A", 3, 7),
+                (
+                    tick_of(100 * M + 1, S) + 1,
+                    70 * M + 1,
+                    100 * M + 1,
+                    "A",
+                    1,
+                    8
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn snapshot_and_restore_continue_exactly() {
+        // Run to a boundary, snapshot, restore into a fresh operator, and
+        // finish: the rows after the boundary equal an uninterrupted run's.
+        let kind = WindowKind::Sliding {
+            size_ms: 3 * M,
+            slide_ms: M,
+        };
+        let records = || {
+            vec![
+                rec(10 * S, 1, "A"),
+                rec(70 * S, 2, "A"),
+                rec(130 * S, 4, "B"),
+            ]
+        };
+        let full = run(kind.clone(), records());
+        let boundary = 100; // tick
+        let mut w = Windows::new(0, &spec(kind.clone()), S);
+        let mut out = Emit::default();
+        for r in records()
+            .into_iter()
+            .filter(|r| tick_of(r.time, S) < boundary)
+        {
+            let t = tick_of(r.time, S);
+            w.on_tick(t, &mut vec![r], &mut out);
+        }
+        w.flush(Some(boundary), &mut out);
+        let mut restored = Windows::new(0, &spec(kind), S);
+        restored.restore(boundary, &w.snapshot());
+        let mut after = Emit::default();
+        for r in records()
+            .into_iter()
+            .filter(|r| tick_of(r.time, S) >= boundary)
+        {
+            let t = tick_of(r.time, S);
+            restored.on_tick(t, &mut vec![r], &mut after);
+        }
+        restored.flush(None, &mut after);
+        let mut both = out.rows;
+        both.extend(after.rows);
+        assert_eq!(brief(&both), brief(&full));
+    }
+}

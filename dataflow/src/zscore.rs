@@ -275,3 +275,169 @@ pub fn unescape_key(key: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zin(time: Millis, cents: i64, id: &str) -> ZIn {
+        ZIn {
+            time,
+            cents,
+            customer: "c1".into(),
+            transaction_id: id.into(),
+        }
+    }
+
+    fn txn_z(min_history: u64) -> TxnZ {
+        TxnZ::new(TxnZParams {
+            enabled: true,
+            min_history,
+            z_threshold: 3.0,
+        })
+    }
+
+    #[test]
+    fn sums_score_is_exact() {
+        let mut s = Sums::default();
+        for x in [100, 200, 100, 200] {
+            s.add(x);
+        }
+        let (mean, stddev, z) = s.score(400).unwrap();
+        assert_eq!((mean, stddev, z), (150.0, 50.0, 5.0));
+        let mut flat = Sums::default();
+        flat.add(7);
+        flat.add(7);
+        assert_eq!(flat.score(1_000_000), None, "zero stddev never scores");
+    }
+
+    #[test]
+    fn scores_before_adding_and_needs_min_history() {
+        let mut z = txn_z(10);
+        let mut out = Emit::default();
+        // Ten alternating values: mean 1.50, stddev 0.50.
+        let mut batch: Vec<ZIn> = (0..10)
+            .map(|i| {
+                zin(
+                    i * 1000,
+                    if i % 2 == 0 { 100 } else { 200 },
+                    &format!("t{i}"),
+                )
+            })
+            .collect();
+        z.on_tick(0, &mut batch, &mut out);
+        assert!(
+            out.rows.is_empty(),
+            "fewer than min_history earlier values: no alerts"
+        );
+        z.on_tick(20, &mut vec![zin(20_000, 400, "big")], &mut out);
+        let a = &out.rows.single();
+        assert_eq!(
+            (a.key.as_str(), a.value, a.mean, a.stddev, a.z),
+            ("c1", 4.0, 1.5, 0.5, 5.0)
+        );
+        assert_eq!(
+            (a.history_count, a.transaction_id.as_deref()),
+            (10, Some("big"))
+        );
+        // The alerting value joined the history: the same amount again scores lower.
+        z.on_tick(21, &mut vec![zin(21_000, 400, "again")], &mut out);
+        assert!(out.rows.len() == 1 || out.rows[1].1.z < 5.0);
+    }
+
+    #[test]
+    fn same_tick_is_ordered_by_time_then_id() {
+        // In one tick, "a" (earlier id) is scored before "b" at the same time.
+        let mut z = txn_z(1);
+        let mut out = Emit::default();
+        z.on_tick(0, &mut vec![zin(0, 100, "h1"), zin(0, 200, "h2")], &mut out);
+        z.on_tick(
+            5,
+            &mut vec![zin(5_000, 10_000, "b"), zin(5_000, 10_000, "a")],
+            &mut out,
+        );
+        assert_eq!(
+            out.rows
+                .first()
+                .map(|(_, a)| a.transaction_id.clone().unwrap()),
+            Some("a".into())
+        );
+        assert_eq!(out.rows[0].1.history_count, 2);
+    }
+
+    #[test]
+    fn zero_stddev_never_alerts() {
+        let mut z = txn_z(3);
+        let mut out = Emit::default();
+        z.on_tick(
+            0,
+            &mut (0..5).map(|i| zin(i, 500, &format!("t{i}"))).collect(),
+            &mut out,
+        );
+        z.on_tick(1, &mut vec![zin(1_000, 99_999_999, "huge")], &mut out);
+        assert!(out.rows.is_empty());
+    }
+
+    fn window_row(start_min: i64, count: i64) -> WindowRow {
+        WindowRow {
+            spec: 0,
+            start: start_min * 60_000,
+            end: (start_min + 1) * 60_000,
+            key: "FAILED".into(),
+            count,
+            sum_cents: count * 100,
+            min_cents: 100,
+            max_cents: 100,
+        }
+    }
+
+    #[test]
+    fn window_ring_forgets_old_values_and_cooldown_suppresses() {
+        let mut z = WindowZ::new(WindowZParams {
+            enabled: true,
+            spec: 0,
+            metrics: vec![Metric::TxnCount],
+            history: 3,
+            min_history: 3,
+            z_threshold: 3.0,
+            cooldown_ms: 5 * 60_000,
+        });
+        let mut out = Emit::default();
+        let counts = [1000, 2, 3, 2, 3, 50, 1000, 2, 3, 2, 80];
+        for (i, c) in counts.iter().enumerate() {
+            z.on_tick(i as Tick, &mut vec![window_row(i as i64, *c)], &mut out);
+        }
+        let alerts: Vec<(i64, u64)> = out
+            .rows
+            .iter()
+            .map(|(_, a)| (a.window.unwrap().1 / 60_000, a.history_count))
+            .collect();
+        // The ring holds the last 3 values, so from minute 4 on the 1000 of
+        // minute 0 is gone. Minute 5 (50 vs [3, 2, 3], z ≈ 100) alerts and
+        // quiets the key until windows ending at 6m + 5m = 11m; minute 6
+        // (1000, z ≈ 44) is suppressed and does not extend the quiet time;
+        // minute 10 (80 vs [2, 3, 2]) ends at exactly 11m: alerts.
+        assert_eq!(alerts, vec![(5, 3), (10, 3)]);
+        let a = &out.rows[0].1;
+        assert_eq!(
+            (a.kind, a.metric, a.key.as_str(), a.event_time),
+            (AnomalyKind::Window, Metric::TxnCount, "FAILED", 6 * 60_000)
+        );
+    }
+
+    #[test]
+    fn unescape_joins_group_values_plainly() {
+        assert_eq!(unescape_key(r"a\|b|c\\d"), r"a|b|c\d");
+        assert_eq!(unescape_key("plain"), "plain");
+    }
+
+    trait Single {
+        fn single(&self) -> &Anomaly;
+    }
+    impl Single for Vec<(Tick, Anomaly)> {
+        fn single(&self) -> &Anomaly {
+            assert_eq!(self.len(), 1, "{self:?}");
+            &self[0].1
+        }
+    }
+}
