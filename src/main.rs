@@ -105,6 +105,9 @@ struct GenerateArgs {
     partitions: u32,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Event-time rate of the generated stream, across partitions.
+    #[arg(long, default_value_t = 5_000)]
+    events_per_sec: u64,
 }
 
 fn main() -> ExitCode {
@@ -171,10 +174,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 events: a.events,
                 partitions: a.partitions,
                 seed: a.seed,
+                events_per_sec: a.events_per_sec,
                 ..Default::default()
             };
-            if a.partitions == 0 {
-                anyhow::bail!("--partitions must be at least 1");
+            if a.partitions == 0 || a.events_per_sec == 0 {
+                anyhow::bail!("--partitions and --events-per-sec must be at least 1");
             }
             let t0 = std::time::Instant::now();
             let files = tidemark_connectors::generator::write_files(&g, &a.output)?;

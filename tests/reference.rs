@@ -1067,11 +1067,13 @@ fn reference_equals_replay() {
         "--output",
         input.to_str().unwrap(),
         "--events",
-        "120000",
+        "160000",
         "--partitions",
         "8",
         "--seed",
         "7",
+        "--events-per-sec",
+        "100",
     ]);
     let pattern = format!("{}/*.jsonl", input.display());
     common::run_ok(&[
@@ -1092,6 +1094,27 @@ fn reference_equals_replay() {
     let records: usize = files.iter().map(|f| reference::read_records(f).len()).sum();
 
     let expected = compute(&files, &RefParams::default());
+    // The dataset must exercise every rule: every reject reason, duplicates,
+    // and both detectors (27 minutes of event time hold failure bursts).
+    for reason in [
+        "TOO_LARGE",
+        "MALFORMED",
+        "MISSING_FIELD",
+        "BAD_FIELD",
+        "BAD_AMOUNT",
+        "BAD_CURRENCY",
+        "BAD_STATUS",
+        "BAD_TIMESTAMP",
+        "LATE",
+    ] {
+        assert!(
+            expected.rejects.iter().any(|r| r.reason == reason),
+            "the generated dataset has no {reason} reject"
+        );
+    }
+    assert!(expected.duplicates > 0);
+    assert!(expected.anomalies.iter().any(|a| a.kind == "window"));
+    assert!(expected.anomalies.iter().any(|a| a.kind == "transaction"));
     let count = |kind: &str| expected.anomalies.iter().filter(|a| a.kind == kind).count();
     eprintln!(
         "reference: {records} records, {} transactions, {} duplicates, {} rejects, {} window rows, \

@@ -435,3 +435,142 @@ fn emit_sorted<D: timely::ExchangeData>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use timely::dataflow::operators::capture::Event;
+    use timely::dataflow::operators::Capture;
+
+    struct VecReader(VecDeque<Vec<u8>>, u64);
+
+    impl PartitionReader for VecReader {
+        fn poll(&mut self, max: usize, batch: &mut RawBatch) -> Result<Poll, String> {
+            for _ in 0..max {
+                match self.0.pop_front() {
+                    Some(r) => {
+                        batch.push(&r, self.1);
+                        self.1 += 1;
+                    }
+                    None => return Ok(Poll::Finished),
+                }
+            }
+            Ok(Poll::Ready)
+        }
+    }
+
+    fn rec(id: &str, secs: i64) -> Vec<u8> {
+        let ts = crate::rfc3339::format_rfc3339_ms(secs * 1000);
+        format!(
+            r#"{{"transaction_id":"{id}","customer_id":"c","amount":1.5,"currency":"USD","merchant":"m","category":"k","status":"PENDING","timestamp":"{ts}"}}"#
+        )
+        .into_bytes()
+    }
+
+    type Captured = (Vec<(Tick, Vec<Txn>)>, Vec<(Tick, Vec<Reject>)>);
+
+    fn run(parts: Vec<Vec<Vec<u8>>>) -> Captured {
+        let (txns, rejects) = timely::execute_directly(move |worker| {
+            let (txns, rejects) = worker.dataflow::<Tick, _, _>(|scope| {
+                let readers: Vec<(PartitionStart, Box<dyn PartitionReader>)> = parts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, recs)| {
+                        let start = PartitionStart {
+                            partition: i as u32,
+                            offset: 0,
+                            max_ts: None,
+                        };
+                        (
+                            start,
+                            Box::new(VecReader(recs.into(), 0)) as Box<dyn PartitionReader>,
+                        )
+                    })
+                    .collect();
+                let config = SourceConfig {
+                    batch: 2,
+                    budget: 100,
+                    max_lag_ticks: 1000,
+                    skip_below: Tick::MIN,
+                    meter: Default::default(),
+                    max_rate: None,
+                };
+                let (t, r, _) = source(
+                    scope.clone(),
+                    "test",
+                    Params::default(),
+                    config,
+                    readers,
+                    ProbeHandle::new(),
+                );
+                (t.capture(), r.capture())
+            });
+            while worker.step() {}
+            (txns, rejects)
+        });
+        fn messages<D>(rx: std::sync::mpsc::Receiver<Event<Tick, Vec<D>>>) -> Vec<(Tick, Vec<D>)> {
+            rx.try_iter()
+                .filter_map(|e| match e {
+                    Event::Messages(t, d) => Some((*t.least().expect("a time"), d)),
+                    _ => None,
+                })
+                .collect()
+        }
+        (messages(txns), messages(rejects))
+    }
+
+    #[test]
+    fn lateness_is_per_partition_and_rejects_sit_at_the_watermark() {
+        let (txns, rejects) = run(vec![
+            vec![
+                rec("a", 100),
+                rec("b", 95),
+                rec("c", 89),
+                b"{oops".to_vec(),
+                rec("d", 90),
+            ],
+            vec![rec("e", 50)],
+        ]);
+        let kept: Vec<(Tick, &str, u32, u64)> = txns
+            .iter()
+            .flat_map(|(t, v)| {
+                v.iter()
+                    .map(move |x| (*t, x.transaction_id(), x.partition, x.offset))
+            })
+            .collect();
+        // Partition 1's record at 50 s is not late: partition 0's watermark
+        // (90 s) does not apply to it. 90 s is exactly the watermark: on time.
+        let mut kept = kept;
+        kept.sort();
+        assert_eq!(
+            kept,
+            vec![
+                (50, "e", 1, 0),
+                (90, "d", 0, 4),
+                (95, "b", 0, 1),
+                (100, "a", 0, 0)
+            ]
+        );
+        let rej: Vec<(Tick, RejectReason, u64)> = rejects
+            .iter()
+            .flat_map(|(t, v)| v.iter().map(move |x| (*t, x.reason, x.offset)))
+            .collect();
+        // Both at the tick of partition 0's watermark when read: 100 s − 10 s.
+        assert_eq!(
+            rej,
+            vec![
+                (90, RejectReason::Late, 2),
+                (90, RejectReason::Malformed, 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_before_any_watermark_sit_at_the_start_of_time() {
+        let (_, rejects) = run(vec![vec![b"[]".to_vec(), rec("a", 10)]]);
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].0, Tick::MIN);
+        assert_eq!(rejects[0].1[0].reason, RejectReason::Malformed);
+    }
+}
