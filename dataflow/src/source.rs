@@ -566,6 +566,98 @@ mod tests {
         );
     }
 
+    /// Serves its records, then has nothing (Pending) until `stop` is set.
+    struct Stalling(
+        VecDeque<Vec<u8>>,
+        u64,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    );
+
+    impl PartitionReader for Stalling {
+        fn poll(&mut self, max: usize, batch: &mut RawBatch) -> Result<Poll, String> {
+            for _ in 0..max {
+                let Some(r) = self.0.pop_front() else { break };
+                batch.push(&r, self.1);
+                self.1 += 1;
+            }
+            if !batch.is_empty() {
+                Ok(Poll::Ready)
+            } else if self.2.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(Poll::Finished)
+            } else {
+                Ok(Poll::Pending)
+            }
+        }
+    }
+
+    #[test]
+    fn an_idle_partition_stops_holding_the_frontier_back() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use timely::dataflow::operators::Probe;
+        let stop = Arc::new(AtomicBool::new(false));
+        let reached = timely::execute_directly({
+            let stop = stop.clone();
+            move |worker| {
+                let probe = ProbeHandle::new();
+                worker.dataflow::<Tick, _, _>(|scope| {
+                    let busy = (0..=100).map(|i| rec(&format!("t{i}"), 100 + i)).collect();
+                    let readers: Vec<(PartitionStart, Box<dyn PartitionReader>)> = vec![
+                        (
+                            PartitionStart {
+                                partition: 0,
+                                offset: 0,
+                                max_ts: None,
+                            },
+                            Box::new(Stalling(busy, 0, stop.clone())),
+                        ),
+                        // Never produces anything while the test watches.
+                        (
+                            PartitionStart {
+                                partition: 1,
+                                offset: 0,
+                                max_ts: None,
+                            },
+                            Box::new(Stalling(VecDeque::new(), 0, stop.clone())),
+                        ),
+                    ];
+                    let params = Params {
+                        idle_timeout_ms: 50,
+                        ..Params::default()
+                    };
+                    let config = SourceConfig {
+                        batch: 16,
+                        budget: 64,
+                        max_lag_ticks: 1000,
+                        skip_below: Tick::MIN,
+                        meter: Default::default(),
+                        max_rate: None,
+                    };
+                    let (t, _, _) = source(
+                        scope.clone(),
+                        "idle",
+                        params,
+                        config,
+                        readers,
+                        ProbeHandle::new(),
+                    );
+                    t.probe_with(&probe);
+                });
+                // Partition 0's watermark is 200 s − 10 s; partition 1 has
+                // none, so only idleness lets the frontier get there.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while probe.less_than(&190) && Instant::now() < deadline {
+                    worker.step_or_park(Some(Duration::from_millis(5)));
+                }
+                let reached = !probe.less_than(&190);
+                stop.store(true, Ordering::Relaxed);
+                while worker.step_or_park(Some(Duration::from_millis(5))) {}
+                reached
+            }
+        });
+        assert!(reached, "the frontier stayed behind the idle partition");
+    }
+
     #[test]
     fn rejects_before_any_watermark_sit_at_the_start_of_time() {
         let (_, rejects) = run(vec![vec![b"[]".to_vec(), rec("a", 10)]]);
