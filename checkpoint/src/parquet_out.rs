@@ -35,20 +35,7 @@ pub const MEDIUM_BELOW_CENTS: i64 = 100_000;
 // Calendar
 // ---------------------------------------------------------------------------
 
-/// The proleptic Gregorian date `(year, month 1–12, day 1–31)` of a day count
-/// since 1970-01-01 (negative before). Howard Hinnant's `civil_from_days`.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
+pub use tidemark_dataflow::rfc3339::civil_from_days;
 
 /// Hour of the day in UTC, 0–23 (floor semantics before 1970).
 #[inline]
