@@ -497,7 +497,7 @@ mod tests {
                     max_rate: None,
                 };
                 let (t, r, _) = source(
-                    scope.clone(),
+                    scope,
                     "test",
                     Params::default(),
                     config,
@@ -634,7 +634,7 @@ mod tests {
                         max_rate: None,
                     };
                     let (t, _, _) = source(
-                        scope.clone(),
+                        scope,
                         "idle",
                         params,
                         config,
