@@ -185,8 +185,12 @@ fn kill_at_five_moments_then_restart_equals_uninterrupted() {
     // (plus once before any commit), restarting in between.
     let out = tmp.join("crashy");
     let mut kills = 0;
-    for target in [0, total / 5, 2 * total / 5, 3 * total / 5, 4 * total / 5] {
-        let mut child = replay_cmd(&input, &out, &config, &["-w", "2"])
+    // Throttled so that the job is still running at each kill; the five
+    // moments are 1 to 5 epochs after each restart (a kill can land in the
+    // middle of writing files, state or a manifest).
+    for new_epochs in 1..=5 {
+        let start = manifests(&out);
+        let mut child = replay_cmd(&input, &out, &config, &["-w", "2", "--rate", "50000"])
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -194,9 +198,9 @@ fn kill_at_five_moments_then_restart_equals_uninterrupted() {
             if let Some(status) = child.try_wait().unwrap() {
                 let mut err = String::new();
                 std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-                panic!("run {kills} ended ({status}) before {target} epochs: {err}");
+                panic!("run {kills} ended ({status}) before {new_epochs} new epochs: {err}");
             }
-            if manifests(&out) > target || Instant::now() > deadline {
+            if manifests(&out) >= start + new_epochs || Instant::now() > deadline {
                 child.kill().unwrap(); // SIGKILL
                 kills += 1;
                 break;
@@ -223,7 +227,7 @@ fn damaged_epochs_are_reported_and_recovered() {
     for damage in ["manifest", "state", "data"] {
         let out = tmp.join(format!("damaged-{damage}"));
         // A run that stops half-way, so the newest epoch is not the last.
-        let mut child = replay_cmd(&input, &out, &config, &["-w", "1"])
+        let mut child = replay_cmd(&input, &out, &config, &["-w", "1", "--rate", "30000"])
             .spawn()
             .unwrap();
         while manifests(&out) < 4 && child.try_wait().unwrap().is_none() {

@@ -633,14 +633,8 @@ mod tests {
                         meter: Default::default(),
                         max_rate: None,
                     };
-                    let (t, _, _) = source(
-                        scope,
-                        "idle",
-                        params,
-                        config,
-                        readers,
-                        ProbeHandle::new(),
-                    );
+                    let (t, _, _) =
+                        source(scope, "idle", params, config, readers, ProbeHandle::new());
                     t.probe_with(&probe);
                 });
                 // Partition 0's watermark is 200 s − 10 s; partition 1 has
