@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{key_group, Millis, Tick, Txn};
+use crate::event::{key_group, FastMap, Millis, Tick, Txn};
 use crate::stateful::{Emit, Logic};
 use crate::time::tick_start;
 
@@ -28,7 +28,7 @@ pub fn route_txn(t: &Txn) -> u64 {
 pub struct Dedup {
     horizon_ms: i64,
     tick_ms: i64,
-    anchors: HashMap<u128, Millis>,
+    anchors: FastMap<u128, Millis>,
     /// Ticks below this have been processed; anchors older than
     /// `tick_start(done) - horizon` can no longer match and are swept.
     done: Tick,
@@ -43,7 +43,7 @@ impl Dedup {
         Dedup {
             horizon_ms,
             tick_ms,
-            anchors: HashMap::new(),
+            anchors: FastMap::default(),
             done: Tick::MIN,
             swept_at: Millis::MIN,
         }

@@ -320,6 +320,10 @@ pub struct Anomaly {
     pub window: Option<(u16, Millis, Millis)>,
 }
 
+/// Hash maps of operator state: a fast, fixed-seed hasher (keys are ids and
+/// group values; iteration order never reaches outputs unsorted).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
 /// 64-bit hash used for key groups and exchange; stable across processes and versions.
 #[inline]
 pub fn key_hash(bytes: &[u8]) -> u64 {

@@ -6,11 +6,11 @@
 //! every record that could fall in it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{key_group, key_hash, Millis, Tick, Txn, WindowRow};
+use crate::event::{key_group, key_hash, FastMap, Millis, Tick, Txn, WindowRow};
 use crate::params::{WindowKind, WindowSpec};
 use crate::stateful::{Emit, Logic};
 use crate::time::{floor_to, tick_of};
@@ -89,12 +89,13 @@ pub struct Windows {
     kind: WindowKind,
     tick_ms: i64,
     /// Tumbling/sliding: pane start → key → aggregate.
-    panes: BTreeMap<Millis, HashMap<String, Agg>>,
+    panes: BTreeMap<Millis, FastMap<String, Agg>>,
     /// Tumbling/sliding: the next window end not yet emitted.
     next_end: Millis,
-    /// Sessions: key → open session, and a queue of emission ticks
-    /// (entries go stale when a session is extended; checked on pop).
-    sessions: HashMap<String, Session>,
+    /// Sessions: key → open session, and a queue with one entry per open
+    /// session at or before its emission tick (an extended session is moved
+    /// on when its entry comes due, not on every record).
+    sessions: FastMap<String, Session>,
     closing: BinaryHeap<Reverse<(Tick, String)>>,
     /// Sessions ended by a later record of their key, waiting for their
     /// emission tick (they are state until then: a snapshot must hold them).
@@ -117,7 +118,7 @@ impl Windows {
             tick_ms,
             panes: BTreeMap::new(),
             next_end: Millis::MIN,
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
             closing: BinaryHeap::new(),
             closed: BTreeMap::new(),
         }
@@ -204,24 +205,31 @@ impl Logic for Windows {
                 batch.sort_by_key(|r| r.time);
                 for r in batch.drain(..) {
                     match self.sessions.get_mut(&r.key) {
+                        // The key's queue entry stays where it is: it comes
+                        // due no later than the session, and is moved on then.
                         Some(s) if r.time <= s.last + gap_ms => {
                             s.last = s.last.max(r.time);
                             s.agg.merge(&Agg::one(r.cents));
-                            let t = tick_of(s.last + gap_ms, self.tick_ms) + 1;
-                            self.closing.push(Reverse((t, r.key)));
                         }
-                        _ => {
+                        Some(s) => {
+                            let fresh = Session {
+                                first: r.time,
+                                last: r.time,
+                                agg: Agg::one(r.cents),
+                            };
+                            let old = std::mem::replace(s, fresh);
+                            let ot = self.session_emit_tick(&old, gap_ms);
+                            self.closed.insert((ot, r.key, old.first), old);
+                        }
+                        None => {
                             let fresh = Session {
                                 first: r.time,
                                 last: r.time,
                                 agg: Agg::one(r.cents),
                             };
                             let t = self.session_emit_tick(&fresh, gap_ms);
-                            if let Some(old) = self.sessions.insert(r.key.clone(), fresh) {
-                                let ot = self.session_emit_tick(&old, gap_ms);
-                                self.closed.insert((ot, r.key.clone(), old.first), old);
-                            }
-                            self.closing.push(Reverse((t, r.key)));
+                            self.closing.push(Reverse((t, r.key.clone())));
+                            self.sessions.insert(r.key, fresh);
                         }
                     }
                 }
@@ -259,14 +267,20 @@ impl Logic for Windows {
                         break;
                     }
                     let Reverse((t, key)) = self.closing.pop().unwrap();
-                    let current = self
+                    let Some(current) = self
                         .sessions
                         .get(&key)
-                        .map(|s| self.session_emit_tick(s, gap_ms));
-                    if current == Some(t) {
+                        .map(|s| self.session_emit_tick(s, gap_ms))
+                    else {
+                        continue;
+                    };
+                    if current == t {
                         let s = self.sessions.remove(&key).unwrap();
                         let row = self.row(s.first, s.last + gap_ms, key, s.agg);
                         out.rows.push((t, row));
+                    } else {
+                        // Extended since it was queued: queue it for its current end.
+                        self.closing.push(Reverse((current, key)));
                     }
                 }
             }
@@ -278,7 +292,7 @@ impl Logic for Windows {
                         break;
                     }
                     let start = end - size;
-                    let mut merged: HashMap<&str, Agg> = HashMap::new();
+                    let mut merged: FastMap<&str, Agg> = FastMap::default();
                     for (_, keys) in self.panes.range(start..end) {
                         for (k, a) in keys {
                             merged

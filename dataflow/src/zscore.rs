@@ -3,12 +3,12 @@
 //! Statistics are exact integer sums (docs/outputs.md "Numbers"), so the
 //! score does not depend on evaluation order and `stddev > 0` is exact.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    key_group, key_hash, Anomaly, AnomalyKind, Metric, Millis, Tick, Txn, WindowRow,
+    key_group, key_hash, Anomaly, AnomalyKind, FastMap, Metric, Millis, Tick, Txn, WindowRow,
 };
 use crate::params::{TxnZParams, WindowZParams};
 use crate::stateful::{Emit, Logic};
@@ -73,14 +73,14 @@ impl ZIn {
 
 pub struct TxnZ {
     p: TxnZParams,
-    stats: HashMap<String, Sums>,
+    stats: FastMap<String, Sums>,
 }
 
 impl TxnZ {
     pub fn new(p: TxnZParams) -> Self {
         TxnZ {
             p,
-            stats: HashMap::new(),
+            stats: FastMap::default(),
         }
     }
     pub fn restore(&mut self, groups: &[(u32, Vec<u8>)]) {
@@ -173,14 +173,14 @@ struct Ring {
 
 pub struct WindowZ {
     p: WindowZParams,
-    rings: HashMap<String, Vec<Ring>>,
+    rings: FastMap<String, Vec<Ring>>,
 }
 
 impl WindowZ {
     pub fn new(p: WindowZParams) -> Self {
         WindowZ {
             p,
-            rings: HashMap::new(),
+            rings: FastMap::default(),
         }
     }
     pub fn restore(&mut self, groups: &[(u32, Vec<u8>)]) {
