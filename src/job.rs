@@ -219,7 +219,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
             SourceConfig {
                 batch: 1024,
                 budget: 16 * 1024,
-                max_lag_ticks: 120,
+                max_lag_ticks: 30,
                 skip_below,
                 meter: sh.meter.clone(),
                 max_rate: sh.spec.max_rate.map(|r| (r / peers as u64).max(1)),

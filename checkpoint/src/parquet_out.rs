@@ -245,16 +245,69 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
+/// A Parquet file being written in memory, batch by batch, so rows can be
+/// encoded as soon as they are final instead of being held until a commit.
+pub struct ParquetFile {
+    schema: Arc<Schema>,
+    writer: ArrowWriter<Vec<u8>>,
+    rows: u64,
+}
+
+impl ParquetFile {
+    pub fn new(schema: Schema) -> Result<Self> {
+        let schema = Arc::new(schema);
+        let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties()))
+            .context("opening Parquet writer")?;
+        Ok(ParquetFile {
+            schema,
+            writer,
+            rows: 0,
+        })
+    }
+
+    /// Appends rows given as columns of this file's schema.
+    pub fn write(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).context("building record batch")?;
+        self.rows += batch.num_rows() as u64;
+        self.writer.write(&batch).context("writing Parquet rows")
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The complete file's bytes.
+    pub fn finish(self) -> Result<Vec<u8>> {
+        self.writer.into_inner().context("closing Parquet file")
+    }
+}
+
 /// One Parquet file holding `columns` under `schema`.
 fn write_file(schema: Schema, columns: Vec<ArrayRef>) -> Result<Vec<u8>> {
-    let schema = Arc::new(schema);
-    let batch = RecordBatch::try_new(schema.clone(), columns).context("building record batch")?;
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
-    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(writer_properties()))
-        .context("opening Parquet writer")?;
-    w.write(&batch).context("writing Parquet rows")?;
-    w.close().context("closing Parquet file")?;
-    Ok(buf)
+    let mut f = ParquetFile::new(schema)?;
+    f.write(columns)?;
+    f.finish()
+}
+
+/// A whole `transactions` file. `source` is the logical input name.
+pub fn encode_transactions(rows: &[&Txn], source: &str) -> Result<Vec<u8>> {
+    write_file(transactions_schema(), transactions_columns(rows, source)?)
+}
+
+/// A whole file of one window spec's rows.
+pub fn encode_windows(spec: &WindowSpec, rows: &[&WindowRow]) -> Result<Vec<u8>> {
+    write_file(windows_schema(spec), windows_columns(spec, rows)?)
+}
+
+/// A whole `anomalies` file.
+pub fn encode_anomalies(rows: &[&Anomaly], specs: &[WindowSpec]) -> Result<Vec<u8>> {
+    write_file(anomalies_schema(), anomalies_columns(rows, specs)?)
+}
+
+/// A whole `rejects` file.
+pub fn encode_rejects(rows: &[&Reject], source: &str) -> Result<Vec<u8>> {
+    write_file(rejects_schema(), rejects_columns(rows, source)?)
 }
 
 fn partition_i32(p: u32) -> Result<i32> {
@@ -299,7 +352,8 @@ fn opt_ts_col(values: Vec<Option<i64>>) -> ArrayRef {
 }
 
 /// `transactions` rows of one file. `source` is the logical input name.
-pub fn encode_transactions(rows: &[&Txn], source: &str) -> Result<Vec<u8>> {
+/// The `transactions` columns of `rows`.
+pub fn transactions_columns(rows: &[&Txn], source: &str) -> Result<Vec<ArrayRef>> {
     let n = rows.len();
     let it = || rows.iter().copied();
     let mut partitions = Vec::with_capacity(n);
@@ -333,12 +387,12 @@ pub fn encode_transactions(rows: &[&Txn], source: &str) -> Result<Vec<u8>> {
         Arc::new(Int32Array::from(partitions)),
         Arc::new(Int64Array::from(offsets)),
     ];
-    write_file(transactions_schema(), columns)
+    Ok(columns)
 }
 
 /// One window spec's rows. `row.key` is split with [`split_key`] into one
 /// value per `spec.group_by` field; a spec without group-by ignores the key.
-pub fn encode_windows(spec: &WindowSpec, rows: &[&WindowRow]) -> Result<Vec<u8>> {
+pub fn windows_columns(spec: &WindowSpec, rows: &[&WindowRow]) -> Result<Vec<ArrayRef>> {
     let n = rows.len();
     let it = || rows.iter().copied();
     let groups = spec.group_by.len();
@@ -396,7 +450,7 @@ pub fn encode_windows(spec: &WindowSpec, rows: &[&WindowRow]) -> Result<Vec<u8>>
         };
         columns.push(col);
     }
-    write_file(windows_schema(spec), columns)
+    Ok(columns)
 }
 
 /// `anomalies` rows. The window name comes from `specs[spec index]`.
@@ -405,7 +459,7 @@ pub fn encode_windows(spec: &WindowSpec, rows: &[&WindowRow]) -> Result<Vec<u8>>
 /// `WindowRow::key` (built by [`join_key`]) and is written with the escapes
 /// removed, values joined by a plain `|`; for `kind = transaction` it is the
 /// customer id as is.
-pub fn encode_anomalies(rows: &[&Anomaly], specs: &[WindowSpec]) -> Result<Vec<u8>> {
+pub fn anomalies_columns(rows: &[&Anomaly], specs: &[WindowSpec]) -> Result<Vec<ArrayRef>> {
     let n = rows.len();
     let it = || rows.iter().copied();
     let mut window_names = Vec::with_capacity(n);
@@ -452,12 +506,12 @@ pub fn encode_anomalies(rows: &[&Anomaly], specs: &[WindowSpec]) -> Result<Vec<u
         opt_ts_col(it().map(|a| a.window.map(|w| w.1)).collect()),
         opt_ts_col(it().map(|a| a.window.map(|w| w.2)).collect()),
     ];
-    write_file(anomalies_schema(), columns)
+    Ok(columns)
 }
 
 /// `rejects` rows: `raw` as UTF-8 text when the bytes are valid UTF-8,
 /// otherwise standard (padded) base64, with `raw_encoding` saying which.
-pub fn encode_rejects(rows: &[&Reject], source: &str) -> Result<Vec<u8>> {
+pub fn rejects_columns(rows: &[&Reject], source: &str) -> Result<Vec<ArrayRef>> {
     let n = rows.len();
     let it = || rows.iter().copied();
     let raw_bytes: usize = it().map(|r| r.raw.len()).sum();
@@ -492,7 +546,7 @@ pub fn encode_rejects(rows: &[&Reject], source: &str) -> Result<Vec<u8>> {
         Arc::new(Int32Array::from(partitions)),
         Arc::new(Int64Array::from(offsets)),
     ];
-    write_file(rejects_schema(), columns)
+    Ok(columns)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tidemark_dataflow::params::Params;
 use tidemark_dataflow::stateful::{Marker, Report};
 
 use crate::manifest::{file_name, sha256_hex, FileEntry, StateFile};
-use crate::parquet_out;
+use crate::parquet_out::{self, ParquetFile};
 use crate::storage::Storage;
 
 /// What one worker wrote for one epoch.
@@ -49,7 +49,7 @@ pub struct WriterConfig {
     pub params: Params,
 }
 
-/// Rows of one output, by tick.
+/// Rows of one output, by tick, until the frontier passes them.
 struct Buffer<T>(BTreeMap<Tick, Vec<T>>);
 
 impl<T> Buffer<T> {
@@ -59,7 +59,7 @@ impl<T> Buffer<T> {
     fn push(&mut self, t: Tick, data: &mut Vec<T>) {
         self.0.entry(t).or_default().append(data);
     }
-    /// Removes and returns every row below `limit` (all, for `None`).
+    /// Removes every row below `limit` (all, for `None`), with the largest tick.
     fn take_below(&mut self, limit: Option<Tick>) -> (Vec<T>, Option<Tick>) {
         let taken = match limit {
             Some(l) => {
@@ -70,6 +70,121 @@ impl<T> Buffer<T> {
         };
         let max = taken.keys().next_back().copied();
         (taken.into_values().flatten().collect(), max)
+    }
+}
+
+/// Which file of the epoch a row goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum FileKey {
+    /// Transactions of one event hour (hours since 1970).
+    Transactions(i64),
+    Windows(u16),
+    Anomalies,
+    Rejects,
+}
+
+/// The epoch being written: its open files and what else it will report.
+/// Every row below the writer's frontier belongs to the next committed
+/// epoch (its boundary marker has not reached the frontier yet), so rows are
+/// encoded as soon as they are final and only compressed bytes wait.
+#[derive(Default)]
+struct OpenEpoch {
+    files: BTreeMap<FileKey, ParquetFile>,
+    duplicates: u64,
+    max_tick: Option<Tick>,
+}
+
+impl OpenEpoch {
+    fn file(&mut self, key: FileKey, cfg: &WriterConfig) -> &mut ParquetFile {
+        self.files.entry(key).or_insert_with(|| {
+            let schema = match key {
+                FileKey::Transactions(_) => parquet_out::transactions_schema(),
+                FileKey::Windows(i) => parquet_out::windows_schema(&cfg.params.windows[i as usize]),
+                FileKey::Anomalies => parquet_out::anomalies_schema(),
+                FileKey::Rejects => parquet_out::rejects_schema(),
+            };
+            ParquetFile::new(schema).unwrap_or_else(|e| panic!("opening a Parquet file: {e:#}"))
+        })
+    }
+
+    fn see(&mut self, t: Option<Tick>) {
+        self.max_tick = self.max_tick.max(t);
+    }
+}
+
+struct Inputs {
+    txns: Buffer<Txn>,
+    wins: Buffer<WindowRow>,
+    anoms: Buffer<Anomaly>,
+    rejs: Buffer<Reject>,
+    dups: BTreeMap<Tick, u64>,
+}
+
+impl Inputs {
+    /// Encodes every row below `limit` into the open epoch's files.
+    fn seal(&mut self, limit: Option<Tick>, epoch: &mut OpenEpoch, cfg: &WriterConfig) {
+        let fail = |what: &str, e: anyhow::Error| -> ! { panic!("encoding {what}: {e:#}") };
+        let (txns, t) = self.txns.take_below(limit);
+        epoch.see(t);
+        let mut by_hour: BTreeMap<i64, Vec<&Txn>> = BTreeMap::new();
+        for x in &txns {
+            by_hour
+                .entry(x.event_time.div_euclid(3_600_000))
+                .or_default()
+                .push(x);
+        }
+        for (hour, rows) in by_hour {
+            let cols = parquet_out::transactions_columns(&rows, &cfg.source_name)
+                .unwrap_or_else(|e| fail("transactions", e));
+            epoch
+                .file(FileKey::Transactions(hour), cfg)
+                .write(cols)
+                .unwrap_or_else(|e| fail("transactions", e));
+        }
+        let (wins, t) = self.wins.take_below(limit);
+        epoch.see(t);
+        for (i, spec) in cfg.params.windows.iter().enumerate() {
+            let rows: Vec<&WindowRow> = wins.iter().filter(|w| w.spec as usize == i).collect();
+            if !rows.is_empty() {
+                let cols = parquet_out::windows_columns(spec, &rows)
+                    .unwrap_or_else(|e| fail("windows", e));
+                epoch
+                    .file(FileKey::Windows(i as u16), cfg)
+                    .write(cols)
+                    .unwrap_or_else(|e| fail("windows", e));
+            }
+        }
+        let (anoms, t) = self.anoms.take_below(limit);
+        epoch.see(t);
+        if !anoms.is_empty() {
+            let rows: Vec<&Anomaly> = anoms.iter().collect();
+            let cols = parquet_out::anomalies_columns(&rows, &cfg.params.windows)
+                .unwrap_or_else(|e| fail("anomalies", e));
+            epoch
+                .file(FileKey::Anomalies, cfg)
+                .write(cols)
+                .unwrap_or_else(|e| fail("anomalies", e));
+        }
+        let (rejs, t) = self.rejs.take_below(limit);
+        epoch.see(t);
+        if !rejs.is_empty() {
+            let rows: Vec<&Reject> = rejs.iter().collect();
+            let cols = parquet_out::rejects_columns(&rows, &cfg.source_name)
+                .unwrap_or_else(|e| fail("rejects", e));
+            epoch
+                .file(FileKey::Rejects, cfg)
+                .write(cols)
+                .unwrap_or_else(|e| fail("rejects", e));
+        }
+        let taken = match limit {
+            Some(l) => {
+                let later = self.dups.split_off(&l);
+                std::mem::replace(&mut self.dups, later)
+            }
+            None => std::mem::take(&mut self.dups),
+        };
+        epoch.duplicates += taken.values().sum::<u64>();
+        epoch.see(taken.keys().next_back().copied());
     }
 }
 
@@ -89,11 +204,14 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
     builder.build(move |initial| {
         drop(initial);
         let mut caps = CapabilitySet::<Tick>::new();
-        let mut txns = Buffer::<Txn>::new();
-        let mut wins = Buffer::<WindowRow>::new();
-        let mut anoms = Buffer::<Anomaly>::new();
-        let mut rejs = Buffer::<Reject>::new();
-        let mut dups: BTreeMap<Tick, u64> = BTreeMap::new();
+        let mut inputs = Inputs {
+            txns: Buffer::new(),
+            wins: Buffer::new(),
+            anoms: Buffer::new(),
+            rejs: Buffer::new(),
+            dups: BTreeMap::new(),
+        };
+        let mut epoch = OpenEpoch::default();
         let mut states: PendingStates = Vec::new();
         let mut boundaries: Vec<Tick> = Vec::new();
         let mut final_at: Option<Tick> = None;
@@ -102,15 +220,15 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
         move |frontiers| {
             let time =
                 |c: &timely::dataflow::operators::InputCapability<Tick>| *c.least().expect("time");
-            txn_in.for_each(|c, d| txns.push(time(&c), d));
-            win_in.for_each(|c, d| wins.push(time(&c), d));
-            anom_in.for_each(|c, d| anoms.push(time(&c), d));
-            rej_in.for_each(|c, d| rejs.push(time(&c), d));
+            txn_in.for_each(|c, d| inputs.txns.push(time(&c), d));
+            win_in.for_each(|c, d| inputs.wins.push(time(&c), d));
+            anom_in.for_each(|c, d| inputs.anoms.push(time(&c), d));
+            rej_in.for_each(|c, d| inputs.rejs.push(time(&c), d));
             rep_in.for_each(|c, d| {
                 let t = time(&c);
                 for r in d.drain(..) {
                     match r {
-                        Report::Duplicates(n) => *dups.entry(t).or_default() += n,
+                        Report::Duplicates(n) => *inputs.dups.entry(t).or_default() += n,
                         Report::State {
                             op,
                             boundary,
@@ -145,15 +263,12 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                     break;
                 }
                 boundaries.remove(0);
-                let report = write_epoch(
+                inputs.seal(Some(b), &mut epoch, &cfg);
+                let report = close_epoch(
                     &cfg,
                     worker,
                     Some(b),
-                    txns.take_below(Some(b)),
-                    wins.take_below(Some(b)),
-                    anoms.take_below(Some(b)),
-                    rejs.take_below(Some(b)),
-                    take_dups(&mut dups, Some(b)),
+                    std::mem::take(&mut epoch),
                     take_states(&mut states, Some(b)),
                 );
                 session.session(&caps.delayed(&(b - 1))).give(report);
@@ -161,10 +276,10 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
 
             match frontier {
                 Some(f) => {
+                    inputs.seal(Some(f), &mut epoch, &cfg);
                     let mut hold: Vec<Tick> =
                         boundaries.first().map(|b| b - 1).into_iter().collect();
                     hold.extend(final_at);
-                    let _ = f;
                     match hold.iter().min() {
                         Some(&t) => caps.downgrade([t]),
                         None => caps.downgrade::<Tick, _>([]),
@@ -172,15 +287,12 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                 }
                 None => {
                     if final_at.is_some() {
-                        let report = write_epoch(
+                        inputs.seal(None, &mut epoch, &cfg);
+                        let report = close_epoch(
                             &cfg,
                             worker,
                             None,
-                            txns.take_below(None),
-                            wins.take_below(None),
-                            anoms.take_below(None),
-                            rejs.take_below(None),
-                            take_dups(&mut dups, None),
+                            std::mem::take(&mut epoch),
                             take_states(&mut states, None),
                         );
                         if let Some(t) = caps.iter().map(|c| *c.time()).min() {
@@ -194,17 +306,6 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
         }
     });
     reports
-}
-
-fn take_dups(dups: &mut BTreeMap<Tick, u64>, limit: Option<Tick>) -> (u64, Option<Tick>) {
-    let taken = match limit {
-        Some(l) => {
-            let later = dups.split_off(&l);
-            std::mem::replace(dups, later)
-        }
-        None => std::mem::take(dups),
-    };
-    (taken.values().sum(), taken.keys().next_back().copied())
 }
 
 fn take_states(states: &mut PendingStates, boundary: Option<Tick>) -> StateSnapshot {
@@ -221,90 +322,63 @@ fn take_states(states: &mut PendingStates, boundary: Option<Tick>) -> StateSnaps
     snapshot
 }
 
-/// Encodes and stores one epoch's files for this worker. I/O failures stop
-/// the job: nothing is committed without every file in place, and a restart
-/// resumes from the last committed epoch.
-#[allow(clippy::too_many_arguments)]
-fn write_epoch(
+/// Finishes and stores one epoch's files and state for this worker. I/O
+/// failures stop the job: nothing is committed without every file in place,
+/// and a restart resumes from the last committed epoch.
+fn close_epoch(
     cfg: &WriterConfig,
     worker: u32,
     boundary: Option<Tick>,
-    txns: (Vec<Txn>, Option<Tick>),
-    wins: (Vec<WindowRow>, Option<Tick>),
-    anoms: (Vec<Anomaly>, Option<Tick>),
-    rejs: (Vec<Reject>, Option<Tick>),
-    dups: (u64, Option<Tick>),
+    epoch: OpenEpoch,
     state: StateSnapshot,
 ) -> EpochReport {
-    let epoch = match boundary {
+    let number = match boundary {
         Some(b) => b * cfg.params.tick_ms,
         None => i64::MAX,
     };
-    let name = file_name(epoch, cfg.generation, worker, "parquet");
+    let name = file_name(number, cfg.generation, worker, "parquet");
     let st = &*cfg.storage;
-    let mut files = Vec::new();
-    let mut put = |output: &str, key: String, rows: usize, bytes: Vec<u8>| {
-        st.put(&key, &bytes)
+    let store = |key: &str, bytes: &[u8]| {
+        st.put(key, bytes)
             .unwrap_or_else(|e| panic!("writing {key} to {}: {e:#}", st.describe()));
+    };
+    let mut files = Vec::new();
+    for (key, file) in epoch.files {
+        let (output, path) = match key {
+            FileKey::Transactions(hour) => {
+                let (date, hour) = parquet_out::date_hour(hour * 3_600_000);
+                (
+                    "transactions",
+                    format!("transactions/date={date}/hour={hour}/{name}"),
+                )
+            }
+            FileKey::Windows(i) => (
+                "windows",
+                format!(
+                    "windows/window={}/{name}",
+                    cfg.params.windows[i as usize].name
+                ),
+            ),
+            FileKey::Anomalies => ("anomalies", format!("anomalies/{name}")),
+            FileKey::Rejects => ("rejects", format!("rejects/{name}")),
+        };
+        let rows = file.rows();
+        let bytes = file
+            .finish()
+            .unwrap_or_else(|e| panic!("finishing {path}: {e:#}"));
+        store(&path, &bytes);
         files.push(FileEntry {
             output: output.to_owned(),
-            path: key,
-            rows: rows as u64,
+            path,
+            rows,
             bytes: bytes.len() as u64,
             sha256: sha256_hex(&bytes),
         });
-    };
-    let fail = |what: &str, e: anyhow::Error| -> ! { panic!("encoding {what}: {e:#}") };
-
-    // Transactions, partitioned by event date and hour.
-    let mut by_hour: BTreeMap<(String, String), Vec<&Txn>> = BTreeMap::new();
-    for t in &txns.0 {
-        by_hour
-            .entry(parquet_out::date_hour(t.event_time))
-            .or_default()
-            .push(t);
     }
-    for ((date, hour), rows) in by_hour {
-        let bytes = parquet_out::encode_transactions(&rows, &cfg.source_name)
-            .unwrap_or_else(|e| fail("transactions", e));
-        put(
-            "transactions",
-            format!("transactions/date={date}/hour={hour}/{name}"),
-            rows.len(),
-            bytes,
-        );
-    }
-    for (i, spec) in cfg.params.windows.iter().enumerate() {
-        let rows: Vec<&WindowRow> = wins.0.iter().filter(|w| w.spec as usize == i).collect();
-        if !rows.is_empty() {
-            let bytes =
-                parquet_out::encode_windows(spec, &rows).unwrap_or_else(|e| fail("windows", e));
-            put(
-                "windows",
-                format!("windows/window={}/{name}", spec.name),
-                rows.len(),
-                bytes,
-            );
-        }
-    }
-    if !anoms.0.is_empty() {
-        let rows: Vec<&Anomaly> = anoms.0.iter().collect();
-        let bytes = parquet_out::encode_anomalies(&rows, &cfg.params.windows)
-            .unwrap_or_else(|e| fail("anomalies", e));
-        put("anomalies", format!("anomalies/{name}"), rows.len(), bytes);
-    }
-    if !rejs.0.is_empty() {
-        let rows: Vec<&Reject> = rejs.0.iter().collect();
-        let bytes = parquet_out::encode_rejects(&rows, &cfg.source_name)
-            .unwrap_or_else(|e| fail("rejects", e));
-        put("rejects", format!("rejects/{name}"), rows.len(), bytes);
-    }
-
     let state = (!state.is_empty()).then(|| {
         let bytes = bincode::serialize(&state).expect("state encodes");
-        let key = format!("state/{}", file_name(epoch, cfg.generation, worker, "bin"));
-        st.put(&key, &bytes)
-            .unwrap_or_else(|e| panic!("writing {key} to {}: {e:#}", st.describe()));
+        let key = format!("state/{}", file_name(number, cfg.generation, worker, "bin"));
+        store(&key, &bytes);
         StateFile {
             path: key,
             bytes: bytes.len() as u64,
@@ -312,16 +386,12 @@ fn write_epoch(
             worker,
         }
     });
-
     EpochReport {
         boundary,
         worker,
         files,
         state,
-        duplicates: dups.0,
-        max_tick: [txns.1, wins.1, anoms.1, rejs.1, dups.1]
-            .into_iter()
-            .flatten()
-            .max(),
+        duplicates: epoch.duplicates,
+        max_tick: epoch.max_tick,
     }
 }

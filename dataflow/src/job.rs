@@ -65,20 +65,15 @@ pub fn build<'s>(
     let (kept, dedup_reports) = stateful(txns, Exchange::new(route_txn), markers.clone(), dedup);
     let mut reports = vec![dedup_reports];
 
+    let (kept, window_inputs, z_in) = fan_out(kept, params);
     let mut window_streams = Vec::new();
     let mut z_input = None;
-    for (i, spec) in params.windows.iter().enumerate() {
+    for ((i, spec), input) in params.windows.iter().enumerate().zip(window_inputs) {
         let mut logic = Windows::new(i, spec, params.tick_ms);
         if let Some(b) = restored.boundary {
             let name = crate::stateful::Logic::name(&logic);
             logic.restore(b, restored.groups(&name));
         }
-        let spec = spec.clone();
-        let input = kept.clone().map(move |t| WinIn {
-            time: t.event_time,
-            cents: t.amount_cents,
-            key: group_key(&spec, &t),
-        });
         let (rows, r) = stateful(
             input,
             Exchange::new(|w: &WinIn| route_key(&w.key)),
@@ -93,10 +88,9 @@ pub fn build<'s>(
     }
 
     let mut anomaly_streams = Vec::new();
-    if params.txn_z.enabled {
+    if let Some(input) = z_in {
         let mut logic = TxnZ::new(params.txn_z.clone());
         logic.restore(restored.groups("txn_z"));
-        let input = kept.clone().map(|t| ZIn::of(&t));
         let (rows, r) = stateful(
             input,
             Exchange::new(|z: &ZIn| route_key(&z.customer)),
@@ -131,6 +125,66 @@ pub fn build<'s>(
         positions,
         markers,
     }
+}
+
+/// One pass over kept transactions that makes what each consumer needs —
+/// a window input per spec and the z-score input — and passes the
+/// transactions on by move, so no consumer gets its own deep copy.
+#[allow(clippy::type_complexity)]
+fn fan_out<'s>(
+    kept: StreamVec<'s, Tick, Txn>,
+    params: &Params,
+) -> (
+    StreamVec<'s, Tick, Txn>,
+    Vec<StreamVec<'s, Tick, WinIn>>,
+    Option<StreamVec<'s, Tick, ZIn>>,
+) {
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+    use timely::dataflow::operators::generic::OutputBuilder;
+
+    let mut builder = OperatorBuilder::new("FanOut".to_owned(), kept.scope());
+    let mut input = builder.new_input(kept, Pipeline);
+    let (txn_out, txns) = builder.new_output();
+    let mut txn_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Txn>>>::from(txn_out);
+    let mut win_outs = Vec::new();
+    let mut win_streams = Vec::new();
+    for _ in &params.windows {
+        let (o, s) = builder.new_output();
+        win_outs.push(OutputBuilder::<_, CapacityContainerBuilder<Vec<WinIn>>>::from(o));
+        win_streams.push(s);
+    }
+    let (z_out, z_stream) = builder.new_output();
+    let mut z_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ZIn>>>::from(z_out);
+    let specs = params.windows.clone();
+    let z_enabled = params.txn_z.enabled;
+    let z_port = 1 + specs.len();
+
+    builder.build(move |_caps| {
+        move |_frontiers| {
+            let mut txn_session = txn_out.activate();
+            let mut win_sessions: Vec<_> = win_outs.iter_mut().map(|o| o.activate()).collect();
+            let mut z_session = z_out.activate();
+            input.for_each(|cap, data| {
+                let t = *cap.least().expect("a time");
+                for (i, (spec, out)) in specs.iter().zip(win_sessions.iter_mut()).enumerate() {
+                    let c = cap.delayed(&t, 1 + i);
+                    out.session(&c).give_iterator(data.iter().map(|x| WinIn {
+                        time: x.event_time,
+                        cents: x.amount_cents,
+                        key: group_key(spec, x),
+                    }));
+                }
+                if z_enabled {
+                    let c = cap.delayed(&t, z_port);
+                    z_session.session(&c).give_iterator(data.iter().map(ZIn::of));
+                }
+                let c = cap.delayed(&t, 0);
+                txn_session.session(&c).give_container(data);
+            });
+        }
+    });
+    (txns, win_streams, z_enabled.then_some(z_stream))
 }
 
 fn dedup_name() -> String {
