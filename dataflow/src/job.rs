@@ -177,7 +177,9 @@ fn fan_out<'s>(
                 }
                 if z_enabled {
                     let c = cap.delayed(&t, z_port);
-                    z_session.session(&c).give_iterator(data.iter().map(ZIn::of));
+                    z_session
+                        .session(&c)
+                        .give_iterator(data.iter().map(ZIn::of));
                 }
                 let c = cap.delayed(&t, 0);
                 txn_session.session(&c).give_container(data);
