@@ -58,7 +58,7 @@ pub struct JobSpec {
 /// ones would mix two computations in one output.
 fn fingerprint(p: &Params) -> String {
     let mut p = p.clone();
-    // Idle timeout and record size limits do not shape state.
+    // The idle timeout decides when, not what: it may change across restarts.
     p.idle_timeout_ms = 0;
     manifest::sha256_hex(&serde_json::to_vec(&p).expect("params encode"))
 }

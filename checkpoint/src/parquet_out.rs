@@ -351,8 +351,7 @@ fn opt_ts_col(values: Vec<Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMillisecondArray::from(values).with_timezone("UTC"))
 }
 
-/// `transactions` rows of one file. `source` is the logical input name.
-/// The `transactions` columns of `rows`.
+/// The `transactions` columns of `rows`; `source` is the logical input name.
 pub fn transactions_columns(rows: &[&Txn], source: &str) -> Result<Vec<ArrayRef>> {
     let n = rows.len();
     let it = || rows.iter().copied();
@@ -390,8 +389,8 @@ pub fn transactions_columns(rows: &[&Txn], source: &str) -> Result<Vec<ArrayRef>
     Ok(columns)
 }
 
-/// One window spec's rows. `row.key` is split with [`split_key`] into one
-/// value per `spec.group_by` field; a spec without group-by ignores the key.
+/// The columns of one window spec's rows. `row.key` is split with
+/// [`split_key`] into one value per `spec.group_by` field.
 pub fn windows_columns(spec: &WindowSpec, rows: &[&WindowRow]) -> Result<Vec<ArrayRef>> {
     let n = rows.len();
     let it = || rows.iter().copied();
@@ -453,7 +452,7 @@ pub fn windows_columns(spec: &WindowSpec, rows: &[&WindowRow]) -> Result<Vec<Arr
     Ok(columns)
 }
 
-/// `anomalies` rows. The window name comes from `specs[spec index]`.
+/// The `anomalies` columns of `rows`. The window name comes from `specs[spec index]`.
 ///
 /// The `key` column: for `kind = window` the anomaly's key is a
 /// `WindowRow::key` (built by [`join_key`]) and is written with the escapes
@@ -509,7 +508,7 @@ pub fn anomalies_columns(rows: &[&Anomaly], specs: &[WindowSpec]) -> Result<Vec<
     Ok(columns)
 }
 
-/// `rejects` rows: `raw` as UTF-8 text when the bytes are valid UTF-8,
+/// The `rejects` columns of `rows`: `raw` as UTF-8 text when the bytes are valid UTF-8,
 /// otherwise standard (padded) base64, with `raw_encoding` saying which.
 pub fn rejects_columns(rows: &[&Reject], source: &str) -> Result<Vec<ArrayRef>> {
     let n = rows.len();

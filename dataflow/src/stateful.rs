@@ -198,7 +198,7 @@ where
                             boundary: None,
                             groups: logic.snapshot(),
                         };
-                        let t = report_caps.first().map(|c| *c.time());
+                        let t = report_caps.iter().map(|c| *c.time()).min();
                         if let Some(t) = t {
                             reports.session(&report_caps.delayed(&t)).give(report);
                         }
@@ -211,15 +211,6 @@ where
         }
     });
     (rows_stream, reports_stream)
-}
-
-trait FirstCap {
-    fn first(&self) -> Option<&timely::dataflow::operators::Capability<Tick>>;
-}
-impl FirstCap for CapabilitySet<Tick> {
-    fn first(&self) -> Option<&timely::dataflow::operators::Capability<Tick>> {
-        self.iter().min_by_key(|c| *c.time())
-    }
 }
 
 fn min_frontier(a: AntichainRef<Tick>, b: AntichainRef<Tick>) -> Option<Tick> {
