@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use tidemark_checkpoint::commit_log;
 use tidemark_checkpoint::committer::{committer, CommitStatus, CommitterConfig};
 use tidemark_checkpoint::manifest::{self, Manifest};
 use tidemark_checkpoint::restore::restore_state;
@@ -68,18 +69,13 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
     let (peers, process) = crate::cluster::shape(&spec.timely);
     let st: Arc<dyn Storage> = storage::open(&spec.output)?;
 
-    let (resume, problems) = manifest::newest_valid(&*st)?;
-    for p in &problems {
+    let found = commit_log::newest_valid(&*st)?;
+    for p in &found.problems {
         tracing::warn!(problem = %p, "skipping a damaged epoch");
     }
-    let all_epochs = manifest::list_manifests(&*st)?;
-    let newest_gen = all_epochs
-        .iter()
-        .filter_map(|e| manifest::load(&*st, *e).ok())
-        .map(|m| m.job.generation)
-        .max()
-        .unwrap_or(0);
-    let generation = newest_gen + 1;
+    let resume = found.newest.clone();
+    let committed_generation = resume.as_ref().map_or(0, |m| m.job.generation);
+    let generation = commit_log::claim_generation(&*st, committed_generation + 1, &format!("process {process}"))?;
     let fp = fingerprint(&spec.params);
     if let Some(m) = &resume {
         if !m.job.params_fingerprint.is_empty() && m.job.params_fingerprint != fp {
@@ -100,22 +96,16 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
         }
     }
     if process == 0 {
-        // Damaged epochs newer than the one we resume from must make way for
-        // new commits of the same number.
-        let resume_epoch = resume.as_ref().map(|m| m.epoch);
-        for e in all_epochs
-            .iter()
-            .filter(|e| resume_epoch.is_none_or(|r| **e > r))
-        {
-            let moved = manifest::quarantine(&*st, *e)?;
-            tracing::warn!(epoch = e, to = ?moved, "moved a damaged manifest aside");
+        // Damaged commits make way for new commits of the same epochs.
+        for moved in commit_log::discard(&*st, &found.damaged)? {
+            tracing::warn!(to = %moved, "moved a damaged commit aside");
         }
-        let garbage = manifest::collect_garbage(&*st, generation)?;
+        // Files of generations older than the newest committed one that no
+        // manifest names are leftovers of crashed runs; newer ones may be
+        // another job's work in flight and are left alone.
+        let garbage = manifest::collect_garbage(&*st, committed_generation)?;
         if !garbage.is_empty() {
-            tracing::info!(
-                files = garbage.len(),
-                "collected files of uncommitted epochs"
-            );
+            tracing::info!(files = garbage.len(), "collected files of uncommitted epochs");
         }
     }
     match &resume {
@@ -260,6 +250,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
                 interval_ms: params.checkpoint_interval_ms,
                 params_fingerprint: sh.fingerprint.clone(),
                 previous_epoch: sh.resume.as_ref().map(|m| m.epoch),
+                previous_seq: sh.resume.as_ref().map_or(0, |m| m.job.seq),
                 previous_positions: sh
                     .resume
                     .as_ref()

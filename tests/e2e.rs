@@ -350,3 +350,35 @@ fn bad_configuration_fails_at_start_naming_the_problem() {
         "a failed start must not commit"
     );
 }
+
+#[test]
+fn two_jobs_on_one_root_exactly_one_commits() {
+    let tmp = common::tempdir();
+    let input = generate(&tmp.join("in"), 60_000, 4, 9);
+    let config = write_config(&tmp, FAST_COMMITS);
+    let clean = tmp.join("clean");
+    run_replay(&input, &clean, &config, &["-w", "1"]);
+    let expected = read_committed(&clean);
+
+    let out = tmp.join("shared");
+    let jobs: Vec<Child> = (0..2)
+        .map(|_| {
+            replay_cmd(&input, &out, &config, &["-w", "1", "--rate", "40000"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let results: Vec<(bool, String)> = jobs
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+        })
+        .collect();
+    let winners = results.iter().filter(|r| r.0).count();
+    assert_eq!(winners, 1, "exactly one job must finish: {results:?}");
+    let loser = &results.iter().find(|r| !r.0).unwrap().1;
+    assert!(loser.contains("two jobs are using one output root"), "loser said: {loser}");
+    verify_ok(&out);
+    assert_same(&expected, &read_committed(&out));
+}

@@ -14,7 +14,8 @@ use tidemark_dataflow::source::PositionEntry;
 use tidemark_dataflow::stateful::Marker;
 use tidemark_dataflow::time::floor_to;
 
-use crate::manifest::{self, Counts, JobSection, Manifest, Position};
+use crate::commit_log;
+use crate::manifest::{Counts, JobSection, Manifest, Position};
 use crate::storage::Storage;
 use crate::writer::EpochReport;
 
@@ -28,6 +29,8 @@ pub struct CommitterConfig {
     pub params_fingerprint: String,
     /// The epoch restored from, if any.
     pub previous_epoch: Option<i64>,
+    /// The commit-log position restored from (0: none).
+    pub previous_seq: u64,
     /// Positions of the restored manifest (kept for partitions not seen since).
     pub previous_positions: Vec<Position>,
 }
@@ -64,6 +67,7 @@ pub fn committer<'s>(
         let mut book = Book {
             entries: BTreeMap::new(),
             last: cfg.previous_epoch,
+            seq: cfg.previous_seq,
             committed_positions: cfg
                 .previous_positions
                 .iter()
@@ -141,6 +145,8 @@ struct Book {
     /// Per partition: position entries in offset order.
     entries: BTreeMap<u32, Vec<PositionEntry>>,
     last: Option<i64>,
+    /// The last commit-log position.
+    seq: u64,
     committed_positions: BTreeMap<u32, Position>,
     cfg: CommitterConfig,
     status: Arc<Mutex<CommitStatus>>,
@@ -179,6 +185,7 @@ impl Book {
             files,
             JobSection {
                 generation: self.cfg.generation,
+                seq: self.seq + 1,
                 previous_epoch: self.last,
                 positions: self.committed_positions.values().cloned().collect(),
                 state,
@@ -190,16 +197,13 @@ impl Book {
             },
         );
         let t0 = std::time::Instant::now();
-        match manifest::commit(&*self.cfg.storage, &m) {
-            Ok(true) => {}
-            Ok(false) => panic!(
-                "another writer committed epoch {epoch} to {} first: two jobs are using one output root; \
-                 stop the other job (this one, generation {}, stops without committing)",
-                self.cfg.storage.describe(),
-                self.cfg.generation
-            ),
-            Err(e) => panic!("committing epoch {epoch}: {e:#}"),
+        if let Err(e) = commit_log::commit(&*self.cfg.storage, &m) {
+            // Nothing of this epoch is committed; a restart resumes from the
+            // last commit. A conflict means another job owns the root now.
+            eprintln!("error: {}: {e}", self.cfg.storage.describe());
+            std::process::exit(3);
         }
+        self.seq += 1;
         tracing::info!(
             epoch,
             ?boundary,

@@ -9,6 +9,7 @@
 //!   every worker and commit it once.
 //! - [`restore`]: what a starting worker takes from the newest valid manifest.
 
+pub mod commit_log;
 pub mod committer;
 pub mod manifest;
 pub mod parquet_out;

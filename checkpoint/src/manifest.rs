@@ -86,8 +86,11 @@ impl Manifest {
 /// The job's resume information.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobSection {
-    /// Bumped at every start; a process of an older generation must not commit.
+    /// The committing process's generation, claimed at its start.
     pub generation: u64,
+    /// Position in the commit log (`_commits/<seq>.json`), 1 for the first commit.
+    #[serde(default)]
+    pub seq: u64,
     /// The epoch committed before this one by the job, if any.
     #[serde(default)]
     pub previous_epoch: Option<i64>,
