@@ -75,7 +75,11 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
     }
     let resume = found.newest.clone();
     let committed_generation = resume.as_ref().map_or(0, |m| m.job.generation);
-    let generation = commit_log::claim_generation(&*st, committed_generation + 1, &format!("process {process}"))?;
+    let generation = commit_log::claim_generation(
+        &*st,
+        committed_generation + 1,
+        &format!("process {process}"),
+    )?;
     let fp = fingerprint(&spec.params);
     if let Some(m) = &resume {
         if !m.job.params_fingerprint.is_empty() && m.job.params_fingerprint != fp {
@@ -105,7 +109,10 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
         // another job's work in flight and are left alone.
         let garbage = manifest::collect_garbage(&*st, committed_generation)?;
         if !garbage.is_empty() {
-            tracing::info!(files = garbage.len(), "collected files of uncommitted epochs");
+            tracing::info!(
+                files = garbage.len(),
+                "collected files of uncommitted epochs"
+            );
         }
     }
     match &resume {

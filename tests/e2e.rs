@@ -372,13 +372,19 @@ fn two_jobs_on_one_root_exactly_one_commits() {
         .into_iter()
         .map(|c| {
             let o = c.wait_with_output().unwrap();
-            (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
         })
         .collect();
     let winners = results.iter().filter(|r| r.0).count();
     assert_eq!(winners, 1, "exactly one job must finish: {results:?}");
     let loser = &results.iter().find(|r| !r.0).unwrap().1;
-    assert!(loser.contains("two jobs are using one output root"), "loser said: {loser}");
+    assert!(
+        loser.contains("two jobs are using one output root"),
+        "loser said: {loser}"
+    );
     verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
 }

@@ -32,7 +32,7 @@ fn parse_numbered(key: &str, prefix: &str) -> Option<u64> {
 /// (or committed, for roots written before claims existed), by conditional
 /// create, retrying past concurrent claims.
 pub fn claim_generation(st: &dyn Storage, at_least: u64, who: &str) -> Result<u64> {
-    let mut g = st
+    let g = st
         .list(GENERATIONS_PREFIX)?
         .iter()
         .filter_map(|k| parse_numbered(k, GENERATIONS_PREFIX))
@@ -40,20 +40,28 @@ pub fn claim_generation(st: &dyn Storage, at_least: u64, who: &str) -> Result<u6
         .unwrap_or(0)
         .max(at_least.saturating_sub(1))
         + 1;
-    for _ in 0..1000 {
-        if st.put_if_absent(&format!("{GENERATIONS_PREFIX}{g:020}.json"), who.as_bytes())? {
-            return Ok(g);
+    for candidate in g..g + 1000 {
+        if st.put_if_absent(
+            &format!("{GENERATIONS_PREFIX}{candidate:020}.json"),
+            who.as_bytes(),
+        )? {
+            return Ok(candidate);
         }
-        g += 1;
     }
-    bail!("could not claim a generation in {}: too many concurrent starts", st.describe())
+    bail!(
+        "could not claim a generation in {}: too many concurrent starts",
+        st.describe()
+    )
 }
 
 /// Why a commit did not happen.
 #[derive(Debug)]
 pub enum CommitError {
     /// Another job extended the history first: this one must stop.
-    Conflict { seq: u64, epoch: i64 },
+    Conflict {
+        seq: u64,
+        epoch: i64,
+    },
     Storage(anyhow::Error),
 }
 
@@ -135,11 +143,14 @@ pub fn newest_valid(st: &dyn Storage) -> Result<Found> {
             Ok(m) => {
                 let p = verify(st, &m);
                 if p.is_empty() {
-                    publish(st, &m, &bytes).with_context(|| format!("republishing epoch {}", m.epoch))?;
+                    publish(st, &m, &bytes)
+                        .with_context(|| format!("republishing epoch {}", m.epoch))?;
                     found.newest = Some(m);
                     return Ok(found);
                 }
-                found.problems.extend(p.into_iter().map(|p| format!("commit {seq}: {p}")));
+                found
+                    .problems
+                    .extend(p.into_iter().map(|p| format!("commit {seq}: {p}")));
                 found.damaged.push((seq, Some(m.epoch)));
             }
         }

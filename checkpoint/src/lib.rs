@@ -1,7 +1,7 @@
 //! tidemark's checkpointing: where outputs and state go, and how an epoch is
 //! committed and restored.
 //!
-//! - [`storage`]: the object-store interface (local filesystem now, S3 later).
+//! - [`storage`]: the object-store interface (local filesystem, and S3 in [`s3`]).
 //! - [`parquet_out`]: Parquet encoders with the output schemas of `docs/outputs.md`.
 //! - [`manifest`]: the commit record of an epoch (SPEC 8), its verification,
 //!   fallback past damaged manifests, and garbage collection.
@@ -14,5 +14,6 @@ pub mod committer;
 pub mod manifest;
 pub mod parquet_out;
 pub mod restore;
+pub mod s3;
 pub mod storage;
 pub mod writer;

@@ -496,6 +496,7 @@ mod tests {
             }],
             JobSection {
                 generation: 2,
+                seq: 7,
                 previous_epoch: Some(0),
                 positions: vec![Position {
                     source: "transactions".into(),

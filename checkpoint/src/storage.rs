@@ -4,8 +4,8 @@
 //!
 //! Keys are relative to the store's root, use `/` as separator and have no
 //! empty, `.` or `..` segments. The local implementation maps them onto files
-//! under a root directory; an S3 implementation maps them onto object keys
-//! under a bucket prefix. Callers never see paths.
+//! under a root directory; [`S3Storage`] maps them onto object keys under a
+//! bucket prefix. Callers never see paths.
 //!
 //! What the commit protocol relies on:
 //! - [`Storage::put`] replaces the object atomically: a reader sees the old
@@ -18,6 +18,7 @@
 //!   (`<name>.tmp-<pid>-<n>`); such files are never listed and keys may not
 //!   contain `.tmp-`.
 
+pub use crate::s3::{S3Options, S3Storage};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -41,18 +42,39 @@ pub trait Storage: Send + Sync + 'static {
     /// `"manifests/"` lists that folder, `"manifests/0000"` filters by name
     /// too), sorted bytewise. Temporary files are never listed.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// A streaming reader of the object's bytes, for objects too large to
+    /// hold in memory (backfill inputs). A missing key is an error. Call it
+    /// from plain threads: the S3 reader blocks on its own runtime.
+    ///
+    /// The default reads the whole object with [`Storage::get`]; stores that
+    /// hold large objects ([`LocalStorage`], [`S3Storage`]) stream instead.
+    fn open_read(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>> {
+        let bytes = self
+            .get(key)?
+            .ok_or_else(|| anyhow!("{key} not found in {}", self.describe()))?;
+        Ok(Box::new(std::io::Cursor::new(bytes)))
+    }
     /// Remove `key`; a missing key is not an error.
     fn delete(&self, key: &str) -> Result<()>;
     /// Human-readable location, for logs (`local:/data/out`, `s3://b/p`).
     fn describe(&self) -> String;
 }
 
-/// Opens the storage named by a URL or a local path. `s3://…` is recognised
-/// but not built yet; `file://…` and plain paths open a [`LocalStorage`]
-/// (the directory is created when missing).
+/// Opens the storage named by a URL or a local path: `s3://bucket/prefix`
+/// opens an [`S3Storage`] configured by [`S3Options::from_env`];
+/// `file://…` and plain paths open a [`LocalStorage`] (the directory is
+/// created when missing).
 pub fn open(url_or_path: &str) -> Result<Arc<dyn Storage>> {
     if url_or_path.starts_with("s3://") {
-        bail!("S3 storage is not built yet (asked for {url_or_path})");
+        return open_with(url_or_path, &S3Options::from_env());
+    }
+    open_with(url_or_path, &S3Options::default())
+}
+
+/// [`open`] with explicit S3 options (ignored for local paths).
+pub fn open_with(url_or_path: &str, s3: &S3Options) -> Result<Arc<dyn Storage>> {
+    if url_or_path.starts_with("s3://") {
+        return Ok(Arc::new(S3Storage::new(url_or_path, s3)?));
     }
     let path = url_or_path.strip_prefix("file://").unwrap_or(url_or_path);
     if path.is_empty() {
@@ -256,6 +278,12 @@ impl Storage for LocalStorage {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
+    }
+
+    fn open_read(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>> {
+        let path = self.path_of(key)?;
+        let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Box::new(f))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
@@ -479,7 +507,20 @@ mod tests {
         assert!(st.describe().starts_with("local:"));
         let st2 = open(&format!("file://{}", sub.display())).unwrap();
         assert_eq!(st2.get("k").unwrap().unwrap(), b"v");
-        let err = open("s3://bucket/prefix").err().unwrap().to_string();
-        assert!(err.contains("S3 storage is not built yet"), "{err}");
+        let mut r = st.open_read("k").unwrap();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut r, &mut s).unwrap();
+        assert_eq!(s, "v");
+        assert!(st.open_read("missing").is_err());
+        // S3 URLs open an S3 store (no request is sent until it is used).
+        let opts = S3Options {
+            region: Some("us-east-1".into()),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            path_style: None,
+        };
+        let s3 = open_with("s3://bucket/prefix/", &opts).unwrap();
+        assert_eq!(s3.describe(), "s3://bucket/prefix");
+        let err = open("s3://").err().unwrap().to_string();
+        assert!(err.contains("bucket name"), "{err}");
     }
 }
