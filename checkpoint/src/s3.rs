@@ -35,6 +35,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart,
@@ -378,8 +379,8 @@ impl S3Storage {
         }
     }
 
-    /// The token of the conditional write that created `full`, if any.
-    async fn token_of(&self, full: &str) -> Result<Option<String>> {
+    /// HeadObject of `full`; `None` when there is no such object.
+    async fn head(&self, full: &str) -> Result<Option<HeadObjectOutput>> {
         match self
             .client
             .head_object()
@@ -388,28 +389,22 @@ impl S3Storage {
             .send()
             .await
         {
-            Ok(out) => Ok(out
-                .metadata()
-                .and_then(|m| m.get(TOKEN_META))
-                .map(String::to_string)),
+            Ok(out) => Ok(Some(out)),
             Err(e) if err_info(&e).not_found() => Ok(None),
             Err(e) => Err(self.fail("HeadObject", full, &e)),
         }
     }
 
+    /// The token of the conditional write that created `full`, if any.
+    async fn token_of(&self, full: &str) -> Result<Option<String>> {
+        Ok(self
+            .head(full)
+            .await?
+            .and_then(|out| out.metadata().and_then(|m| m.get(TOKEN_META)).cloned()))
+    }
+
     async fn exists(&self, full: &str) -> Result<bool> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if err_info(&e).not_found() => Ok(false),
-            Err(e) => Err(self.fail("HeadObject", full, &e)),
-        }
+        Ok(self.head(full).await?.is_some())
     }
 
     /// A multipart upload of `bytes` (every upload carries a token, so that a

@@ -61,7 +61,7 @@ pub fn build<'s>(
     );
 
     let mut dedup = Dedup::new(params.dedup_horizon_ms, params.tick_ms);
-    dedup.restore(restored.groups(&dedup_name()));
+    dedup.restore(restored.groups(&crate::stateful::Logic::name(&dedup)));
     let (kept, dedup_reports) = stateful(txns, Exchange::new(route_txn), markers.clone(), dedup);
     let mut reports = vec![dedup_reports];
 
@@ -187,8 +187,4 @@ fn fan_out<'s>(
         }
     });
     (txns, win_streams, z_enabled.then_some(z_stream))
-}
-
-fn dedup_name() -> String {
-    "dedup".into()
 }
