@@ -27,6 +27,8 @@ pub struct Config {
     pub dedup: DedupSection,
     #[serde(default)]
     pub checkpoint: CheckpointSection,
+    #[serde(default)]
+    pub storage: StorageSection,
     #[serde(default = "default_windows")]
     pub windows: Vec<WindowSection>,
     #[serde(default)]
@@ -136,15 +138,36 @@ impl Default for DedupSection {
 pub struct CheckpointSection {
     pub interval: String,
     pub min_wall_interval: String,
+    /// Commits (with their state snapshots) kept for restarts.
+    pub retain: u64,
 }
 impl Default for CheckpointSection {
     fn default() -> Self {
         CheckpointSection {
             interval: "10s".into(),
             min_wall_interval: "2s".into(),
+            retain: DEFAULT_RETAIN,
         }
     }
 }
+
+/// S3 settings for `s3://` output roots and inputs. Unset fields fall back to
+/// the environment (`TIDEMARK_S3_ENDPOINT`, `AWS_REGION`,
+/// `TIDEMARK_S3_PATH_STYLE`), then to the AWS SDK's own chain. Credentials
+/// always come from the standard AWS chain, never from this file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Endpoint override for S3-compatible stores, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style addressing; default: on with an endpoint override.
+    pub path_style: Option<bool>,
+}
+
+/// Enough commits to walk back past a few damaged ones; each costs one full
+/// state snapshot of storage.
+pub const DEFAULT_RETAIN: u64 = 5;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,6 +283,14 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config> {
         let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         cfg.params()?;
+        if cfg.checkpoint.retain == 0 {
+            bail!("checkpoint.retain = 0: a restart needs at least the newest commit; use 1 or more (default {DEFAULT_RETAIN})");
+        }
+        if let Some(e) = &cfg.storage.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                bail!("storage.endpoint = {e:?} is not an http:// or https:// URL");
+            }
+        }
         Ok(cfg)
     }
 
@@ -400,6 +431,16 @@ impl Config {
             },
             checkpoint_interval_ms: interval,
         })
+    }
+
+    /// The S3 options: this file's `[storage]`, then the environment.
+    pub fn s3_options(&self) -> tidemark_checkpoint::s3::S3Options {
+        let env = tidemark_checkpoint::s3::S3Options::from_env();
+        tidemark_checkpoint::s3::S3Options {
+            endpoint: self.storage.endpoint.clone().or(env.endpoint),
+            region: self.storage.region.clone().or(env.region),
+            path_style: self.storage.path_style.or(env.path_style),
+        }
     }
 
     pub fn min_wall_interval(&self) -> Result<std::time::Duration> {

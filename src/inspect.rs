@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use tidemark_checkpoint::manifest;
 use tidemark_checkpoint::storage;
+use tidemark_checkpoint::{commit_log, manifest};
 
 const OUTPUTS: [&str; 4] = ["transactions", "windows", "anomalies", "rejects"];
 
@@ -92,8 +92,31 @@ pub fn verify(root: &str) -> Result<ExitCode> {
             Err(err) => problems.push(format!("manifest {e}: {err:#}")),
         }
     }
+    // The retained commits: their state snapshots (their data files are
+    // the public manifests' and were checked above).
+    let commits = commit_log::list(&*st)?;
+    for seq in &commits {
+        let key = commit_log::log_key(*seq);
+        let Some(bytes) = st.get(&key)? else { continue };
+        match manifest::parse(&bytes, None) {
+            Ok(mut m) => {
+                m.files.clear();
+                files += m.job.state.len();
+                problems.extend(
+                    manifest::verify(&*st, &m)
+                        .into_iter()
+                        .map(|p| format!("commit {seq}: {p}")),
+                );
+            }
+            Err(err) => problems.push(format!("commit {seq}: {err:#}")),
+        }
+    }
     if problems.is_empty() {
-        println!("ok: {} manifests, {files} files verified", epochs.len());
+        println!(
+            "ok: {} manifests, {} retained commits, {files} files verified",
+            epochs.len(),
+            commits.len()
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         for p in &problems {

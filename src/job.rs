@@ -1,7 +1,6 @@
 //! Runs one job: restore from the newest valid epoch, build the dataflow on
 //! every worker, run it to completion, and report.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,9 +9,9 @@ use tidemark_checkpoint::commit_log;
 use tidemark_checkpoint::committer::{committer, CommitStatus, CommitterConfig};
 use tidemark_checkpoint::manifest::{self, Manifest};
 use tidemark_checkpoint::restore::restore_state;
+use tidemark_checkpoint::s3::S3Options;
 use tidemark_checkpoint::storage::{self, Storage};
 use tidemark_checkpoint::writer::{writer, WriterConfig};
-use tidemark_connectors::file::FileReader;
 use tidemark_connectors::gen_source::GenReader;
 use tidemark_connectors::generator::GenConfig;
 use tidemark_dataflow::event::Tick;
@@ -22,10 +21,11 @@ use tidemark_dataflow::source::{source, Meter, PartitionReader, PartitionStart, 
 use timely::dataflow::operators::Probe;
 use timely::dataflow::ProbeHandle;
 
+use crate::inputs::Input;
 use crate::progress::{Latency, Progress, Summary};
 
 pub enum SourceSpec {
-    Files(Vec<PathBuf>),
+    Files(Vec<Input>),
     Generator(GenConfig),
 }
 
@@ -38,7 +38,7 @@ impl SourceSpec {
     }
     fn open(&self, p: u32, offset: u64) -> Result<Box<dyn PartitionReader>> {
         Ok(match self {
-            SourceSpec::Files(f) => Box::new(FileReader::open(&f[p as usize], offset)?),
+            SourceSpec::Files(f) => Box::new(f[p as usize].open(offset)?),
             SourceSpec::Generator(g) => Box::new(GenReader::open(g, p, offset)),
         })
     }
@@ -53,6 +53,9 @@ pub struct JobSpec {
     pub timely: timely::Config,
     /// Events per second across the whole job; `None` for as fast as possible.
     pub max_rate: Option<u64>,
+    /// Commits (with state snapshots) kept in the log.
+    pub retain: u64,
+    pub s3: S3Options,
 }
 
 /// The parameters that shape state and outputs; a restore under different
@@ -67,11 +70,25 @@ fn fingerprint(p: &Params) -> String {
 pub fn run(spec: JobSpec) -> Result<Summary> {
     let started = Instant::now();
     let (peers, process) = crate::cluster::shape(&spec.timely);
-    let st: Arc<dyn Storage> = storage::open(&spec.output)?;
+    let st: Arc<dyn Storage> = storage::open_with(&spec.output, &spec.s3)?;
 
     let found = commit_log::newest_valid(&*st)?;
     for p in &found.problems {
         tracing::warn!(problem = %p, "skipping a damaged epoch");
+    }
+    if found.newest.is_none() {
+        // Starting over is right only when the whole history was damaged;
+        // when retention removed older commits, their epochs stay published
+        // and a fresh start would compute them a second time.
+        if let Some(&first) = commit_log::list(&*st)?.first() {
+            if first > 1 {
+                bail!(
+                    "none of the retained commits in {} verifies (commits {first} and later; older ones were removed by checkpoint.retain), \
+                     so the job cannot resume; `tidemark verify` lists the damage. Repair the files, or write to a new output root",
+                    st.describe()
+                );
+            }
+        }
     }
     let resume = found.newest.clone();
     let committed_generation = resume.as_ref().map_or(0, |m| m.job.generation);
@@ -151,6 +168,16 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
     }
     let elapsed = started.elapsed();
     let status = shared.status.lock().unwrap().clone();
+    if process == 0 && status.epochs > 0 {
+        // Everything this run wrote is committed. Files of older generations
+        // that no commit names are leftovers of crashed runs: any job that
+        // could still commit them started before this one and lost its place
+        // in the log to this run's commits.
+        let garbage = manifest::collect_garbage(&*shared.storage, generation)?;
+        if !garbage.is_empty() {
+            tracing::info!(files = garbage.len(), "collected leftovers of earlier runs");
+        }
+    }
     let latency = shared.latency.lock().unwrap().clone();
     Ok(Summary {
         process,
@@ -263,6 +290,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
                     .as_ref()
                     .map(|m| m.job.positions.clone())
                     .unwrap_or_default(),
+                retain: sh.spec.retain,
             },
             sh.status.clone(),
             Box::new(move |epoch| {

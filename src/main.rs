@@ -2,6 +2,7 @@
 
 mod cluster;
 mod config;
+mod inputs;
 mod inspect;
 mod job;
 mod progress;
@@ -80,7 +81,8 @@ struct RunArgs {
 
 #[derive(Args)]
 struct ReplayArgs {
-    /// Input files or glob patterns (quote globs), e.g. 'data/*.jsonl.gz'.
+    /// Input files, S3 objects or glob patterns (quote globs), e.g.
+    /// 'data/*.jsonl.gz' or 's3://bucket/prefix/*.jsonl.gz'.
     #[arg(long, required = true, num_args = 1..)]
     input: Vec<String>,
     /// Output root.
@@ -178,8 +180,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     SourceSpec::Generator(g)
                 }
                 "files" => SourceSpec::Files(
-                    tidemark_connectors::file::expand_inputs(&cfg.source.paths)
-                        .context("source.paths")?,
+                    inputs::expand(&cfg.source.paths, &cfg.s3_options()).context("source.paths")?,
                 ),
                 other => anyhow::bail!("source.kind = {other:?}: use \"generator\" or \"files\""),
             };
@@ -191,7 +192,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 None => Config::parse("")?,
             };
             progress::init_logging(&cfg.job.log);
-            let files = tidemark_connectors::file::expand_inputs(&a.input)?;
+            let files = inputs::expand(&a.input, &cfg.s3_options())?;
             run(&cfg, a.cluster, SourceSpec::Files(files), a.output, a.rate)
         }
         Command::Generate(a) => {
@@ -238,6 +239,8 @@ fn run(
         min_wall: cfg.min_wall_interval()?,
         timely,
         max_rate,
+        retain: cfg.checkpoint.retain,
+        s3: cfg.s3_options(),
     };
     let summary = job::run(spec)?;
     summary.print();

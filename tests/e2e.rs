@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::committed::{assert_same, read_committed};
+use tidemark_checkpoint::storage::Storage;
 
 /// Many small epochs, so crashes land between commits.
 const FAST_COMMITS: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n";
@@ -241,9 +242,14 @@ fn damaged_epochs_are_reported_and_recovered() {
         match damage {
             "manifest" => std::fs::write(&newest, &text[..text.len() / 2]).unwrap(),
             "state" => {
-                let path = m["job"]["state"][0]["path"]
+                // State files are named by the commit log, not the public manifest.
+                let log: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(newest_in(&out, "_commits")).unwrap())
+                        .unwrap();
+                assert_eq!(log["epoch"], m["epoch"]);
+                let path = log["job"]["state"][0]["path"]
                     .as_str()
-                    .expect("newest epoch has state");
+                    .expect("newest commit has state");
                 flip_byte(&out.join(path));
             }
             _ => {
@@ -267,7 +273,11 @@ fn damaged_epochs_are_reported_and_recovered() {
 }
 
 fn newest_manifest(root: &Path) -> PathBuf {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("manifests"))
+    newest_in(root, "manifests")
+}
+
+fn newest_in(root: &Path, dir: &str) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".json"))
@@ -385,6 +395,43 @@ fn two_jobs_on_one_root_exactly_one_commits() {
         loser.contains("two jobs are using one output root"),
         "loser said: {loser}"
     );
+    verify_ok(&out);
+    assert_same(&expected, &read_committed(&out));
+}
+
+#[test]
+fn retention_keeps_the_newest_three_commits_and_every_output() {
+    let tmp = common::tempdir();
+    let input = generate(&tmp.join("in"), 60_000, 4, 13);
+    let config = write_config(&tmp, &format!("{FAST_COMMITS}retain = 3\n"));
+    let clean = tmp.join("clean");
+    run_replay(&input, &clean, &config, &["-w", "2"]);
+    let expected = read_committed(&clean);
+
+    // A run killed half-way leaves files of uncommitted epochs behind; the
+    // restart finishes the job and must leave only what retention keeps.
+    let out = tmp.join("out");
+    let mut child = replay_cmd(&input, &out, &config, &["-w", "2", "--rate", "30000"])
+        .spawn()
+        .unwrap();
+    while manifests(&out) < 6 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    run_replay(&input, &out, &config, &["-w", "2"]);
+
+    let st = tidemark_checkpoint::storage::LocalStorage::new(&out).unwrap();
+    let commits = common::layout::assert_retained(&st, 3);
+    assert!(
+        commits > 10,
+        "only {commits} commits: too few to test retention"
+    );
+    assert!(st.list("quarantine/").unwrap().is_empty());
     verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
 }

@@ -7,6 +7,11 @@
 //! and that job stops. Only after the claim is the public manifest written;
 //! a crash in between is repaired by the next start, which republishes it.
 //!
+//! The log entry is the whole checkpoint (positions, state snapshot files);
+//! the public manifest is the same without the state files, so that old
+//! snapshots can be deleted ([`retain`]) while every public manifest — the
+//! output record, never deleted — still verifies.
+//!
 //! Every process also claims a generation number (`_generations/<g>`), so
 //! the data files of two jobs never share a name, and garbage collection can
 //! tell work in flight from leftovers.
@@ -14,9 +19,10 @@
 use anyhow::{bail, Context, Result};
 
 use crate::manifest::{self, manifest_key, parse, verify, Manifest, QUARANTINE_PREFIX};
+use crate::redshift;
 use crate::storage::Storage;
 
-pub const LOG_PREFIX: &str = "_commits/";
+pub use crate::manifest::LOG_PREFIX;
 pub const GENERATIONS_PREFIX: &str = "_generations/";
 
 pub fn log_key(seq: u64) -> String {
@@ -91,21 +97,25 @@ pub fn commit(st: &dyn Storage, m: &Manifest) -> Result<(), CommitError> {
         }
         Err(e) => return Err(CommitError::Storage(e)),
     }
-    publish(st, m, &bytes).map_err(CommitError::Storage)
+    publish(st, m).map_err(CommitError::Storage)
 }
 
-/// Makes `manifests/<E>.json` hold exactly `bytes`; a different object there
-/// (a damaged copy) is moved to quarantine first.
-fn publish(st: &dyn Storage, m: &Manifest, bytes: &[u8]) -> Result<()> {
+/// Makes `manifests/<E>.json` hold exactly the public form of the commit `m`
+/// (a different object there, a damaged copy, is moved to quarantine first),
+/// writing its Redshift COPY manifest before it: once the public manifest
+/// exists, so does the COPY manifest.
+fn publish(st: &dyn Storage, m: &Manifest) -> Result<()> {
     let key = manifest_key(m.epoch)?;
-    if st.put_if_absent(&key, bytes)? {
+    let bytes = m.public().to_bytes()?;
+    if st.get(&key)?.as_deref() == Some(&bytes[..]) {
         return Ok(());
     }
-    if st.get(&key)?.as_deref() == Some(bytes) {
+    redshift::write(st, m)?;
+    if st.put_if_absent(&key, &bytes)? {
         return Ok(());
     }
     manifest::quarantine(st, m.epoch)?;
-    if !st.put_if_absent(&key, bytes)? {
+    if !st.put_if_absent(&key, &bytes)? {
         bail!("manifest {key} changed while being republished");
     }
     Ok(())
@@ -126,13 +136,7 @@ pub struct Found {
 /// Its public manifest is republished if it is missing or damaged.
 pub fn newest_valid(st: &dyn Storage) -> Result<Found> {
     let mut found = Found::default();
-    let mut seqs: Vec<u64> = st
-        .list(LOG_PREFIX)?
-        .iter()
-        .filter_map(|k| parse_numbered(k, LOG_PREFIX))
-        .collect();
-    seqs.sort_unstable();
-    for seq in seqs.into_iter().rev() {
+    for seq in list(st)?.into_iter().rev() {
         let key = log_key(seq);
         let Some(bytes) = st.get(&key)? else { continue };
         match parse(&bytes, None) {
@@ -143,8 +147,7 @@ pub fn newest_valid(st: &dyn Storage) -> Result<Found> {
             Ok(m) => {
                 let p = verify(st, &m);
                 if p.is_empty() {
-                    publish(st, &m, &bytes)
-                        .with_context(|| format!("republishing epoch {}", m.epoch))?;
+                    publish(st, &m).with_context(|| format!("republishing epoch {}", m.epoch))?;
                     found.newest = Some(m);
                     return Ok(found);
                 }
@@ -174,7 +177,168 @@ pub fn discard(st: &dyn Storage, damaged: &[(u64, Option<i64>)]) -> Result<Vec<S
         }
         if let Some(e) = epoch {
             moved.extend(manifest::quarantine(st, e)?);
+            st.delete(&redshift::key(e))?;
         }
     }
     Ok(moved)
+}
+
+/// Retention: keeps the newest `keep` commits of the log (at or below
+/// `newest_seq`) and deletes older log entries, then the state snapshots they
+/// named. Public manifests and the data files they name are the output and
+/// are never touched. Returns the deleted keys.
+///
+/// The log entry goes first: a crash in between leaves state files no commit
+/// names, which the next start's garbage collection removes.
+pub fn retain(st: &dyn Storage, newest_seq: u64, keep: u64) -> Result<Vec<String>> {
+    let keep = keep.max(1);
+    let mut deleted = Vec::new();
+    for key in st.list(LOG_PREFIX)? {
+        let Some(seq) = parse_numbered(&key, LOG_PREFIX) else {
+            continue;
+        };
+        if seq + keep > newest_seq {
+            continue;
+        }
+        let state = match st.get(&key)? {
+            Some(bytes) => parse(&bytes, None).map(|m| m.job.state).unwrap_or_default(),
+            None => continue,
+        };
+        st.delete(&key)?;
+        deleted.push(key);
+        for s in state {
+            st.delete(&s.path)?;
+            deleted.push(s.path);
+        }
+    }
+    Ok(deleted)
+}
+
+/// The log positions present, ascending.
+pub fn list(st: &dyn Storage) -> Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = st
+        .list(LOG_PREFIX)?
+        .iter()
+        .filter_map(|k| parse_numbered(k, LOG_PREFIX))
+        .collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::tests::{data, state};
+    use crate::manifest::{file_name, list_manifests, JobSection};
+    use crate::storage::TempDir;
+
+    /// Commits `seq` (epoch `seq * 1000`) with a transactions file, a
+    /// rejects file and a state file.
+    fn commit_seq(st: &crate::storage::LocalStorage, seq: u64) -> Manifest {
+        let e = seq as i64 * 1000;
+        let files = vec![
+            data(
+                st,
+                "transactions",
+                &format!(
+                    "transactions/date=1970-01-01/hour=00/{}",
+                    file_name(e, 1, 0, "parquet")
+                ),
+                format!("t{seq}").as_bytes(),
+            ),
+            data(
+                st,
+                "rejects",
+                &format!("rejects/{}", file_name(e, 1, 0, "parquet")),
+                b"r",
+            ),
+        ];
+        let s = state(
+            st,
+            &format!("state/{}", file_name(e, 1, 0, "bin")),
+            format!("s{seq}").as_bytes(),
+        );
+        let m = Manifest::new(
+            e,
+            files,
+            JobSection {
+                generation: 1,
+                seq,
+                state: vec![s],
+                ..Default::default()
+            },
+        );
+        commit(st, &m).unwrap();
+        m
+    }
+
+    #[test]
+    fn public_manifest_omits_state_and_redshift_manifest_comes_with_it() {
+        let d = TempDir::new("publish");
+        let st = d.storage();
+        let m = commit_seq(&st, 1);
+        let public = manifest::load(&st, 1000).unwrap();
+        assert!(public.job.state.is_empty());
+        assert_eq!(public.files, m.files);
+        let log = parse(&st.get(&log_key(1)).unwrap().unwrap(), None).unwrap();
+        assert_eq!(log, m);
+        let rs: serde_json::Value =
+            serde_json::from_slice(&st.get(&redshift::key(1000)).unwrap().unwrap()).unwrap();
+        assert_eq!(rs["entries"].as_array().unwrap().len(), 1);
+        assert!(matches!(
+            commit(&st, &m),
+            Err(CommitError::Conflict { seq: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn retain_keeps_the_newest_commits_and_their_state_only() {
+        let d = TempDir::new("retain");
+        let st = d.storage();
+        let all: Vec<Manifest> = (1..=6).map(|s| commit_seq(&st, s)).collect();
+        let deleted = retain(&st, 6, 3).unwrap();
+        assert_eq!(
+            deleted.len(),
+            6,
+            "three log entries and their state: {deleted:?}"
+        );
+        assert_eq!(list(&st).unwrap(), vec![4, 5, 6]);
+        let state: Vec<String> = st.list("state/").unwrap();
+        let kept: Vec<String> = all[3..]
+            .iter()
+            .map(|m| m.job.state[0].path.clone())
+            .collect();
+        assert_eq!(state, kept);
+        // The output is untouched: every public manifest verifies.
+        assert_eq!(
+            list_manifests(&st).unwrap(),
+            vec![1000, 2000, 3000, 4000, 5000, 6000]
+        );
+        for m in &all {
+            assert!(verify(&st, &manifest::load(&st, m.epoch).unwrap()).is_empty());
+        }
+        // The kept state is protected from garbage collection; nothing else is left.
+        assert!(manifest::collect_garbage(&st, 2).unwrap().is_empty());
+        // Idempotent, and the newest commit is always kept.
+        assert!(retain(&st, 6, 3).unwrap().is_empty());
+        retain(&st, 6, 0).unwrap();
+        assert_eq!(list(&st).unwrap(), vec![6]);
+        assert_eq!(newest_valid(&st).unwrap().newest.unwrap(), all[5]);
+    }
+
+    #[test]
+    fn discard_removes_the_redshift_manifest_of_a_damaged_epoch() {
+        let d = TempDir::new("discard");
+        let st = d.storage();
+        commit_seq(&st, 1);
+        let m2 = commit_seq(&st, 2);
+        st.put(&m2.files[0].path, b"damaged").unwrap();
+        let found = newest_valid(&st).unwrap();
+        assert_eq!(found.newest.unwrap().job.seq, 1);
+        assert_eq!(found.damaged, vec![(2, Some(2000))]);
+        discard(&st, &found.damaged).unwrap();
+        assert!(st.get(&redshift::key(2000)).unwrap().is_none());
+        assert!(st.get(&redshift::key(1000)).unwrap().is_some());
+        assert_eq!(list_manifests(&st).unwrap(), vec![1000]);
+    }
 }

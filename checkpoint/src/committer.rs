@@ -33,6 +33,8 @@ pub struct CommitterConfig {
     pub previous_seq: u64,
     /// Positions of the restored manifest (kept for partitions not seen since).
     pub previous_positions: Vec<Position>,
+    /// How many commits (with their state snapshots) to keep in the log.
+    pub retain: u64,
 }
 
 /// What the committer has done, for progress displays and summaries.
@@ -204,6 +206,15 @@ impl Book {
             std::process::exit(3);
         }
         self.seq += 1;
+        // Retention is housekeeping: a failure here loses nothing committed
+        // and is retried after the next commit.
+        match commit_log::retain(&*self.cfg.storage, self.seq, self.cfg.retain) {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::debug!(files = deleted.len(), "retention: deleted old commits")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "retention failed"),
+        }
         tracing::info!(
             epoch,
             ?boundary,

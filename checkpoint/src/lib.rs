@@ -5,6 +5,8 @@
 //! - [`parquet_out`]: Parquet encoders with the output schemas of `docs/outputs.md`.
 //! - [`manifest`]: the commit record of an epoch (SPEC 8), its verification,
 //!   fallback past damaged manifests, and garbage collection.
+//! - [`commit_log`]: the fenced log of commits, repair, and retention.
+//! - [`redshift`]: Redshift COPY manifests of each epoch's transactions.
 //! - [`writer`], [`committer`]: the timely operators that write an epoch on
 //!   every worker and commit it once.
 //! - [`restore`]: what a starting worker takes from the newest valid manifest.
@@ -13,6 +15,7 @@ pub mod commit_log;
 pub mod committer;
 pub mod manifest;
 pub mod parquet_out;
+pub mod redshift;
 pub mod restore;
 pub mod s3;
 pub mod storage;

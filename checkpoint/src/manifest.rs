@@ -28,6 +28,8 @@ pub const MANIFESTS_PREFIX: &str = "manifests/";
 pub const QUARANTINE_PREFIX: &str = "quarantine/";
 /// Where state snapshots live.
 pub const STATE_PREFIX: &str = "state/";
+/// The commit log (`crate::commit_log`): full checkpoints, state included.
+pub const LOG_PREFIX: &str = "_commits/";
 
 /// The folders [`collect_garbage`] cleans.
 const GARBAGE_PREFIXES: [&str; 5] = [
@@ -73,6 +75,15 @@ impl Manifest {
             files,
             job,
         }
+    }
+
+    /// The form readers see at `manifests/<E>.json`: without the state
+    /// snapshot files, which retention deletes ([`crate::commit_log::retain`]);
+    /// the commit log keeps them.
+    pub fn public(&self) -> Manifest {
+        let mut m = self.clone();
+        m.job.state.clear();
+        m
     }
 
     /// The manifest as stored: pretty-printed JSON.
@@ -346,7 +357,7 @@ struct PathOnly {
 }
 
 /// Deletes every key under `transactions/ windows/ anomalies/ rejects/
-/// state/` that no manifest under `manifests/` names (any manifest whose JSON
+/// state/` that no manifest under `manifests/` or `_commits/` names (any manifest whose JSON
 /// parses protects what it names, even one that fails verification), whose
 /// name is a [`file_name`] of a generation `< keep_generation`. Files of
 /// generation `keep_generation` and newer (work in flight) and files with
@@ -370,10 +381,11 @@ pub fn collect_garbage(st: &dyn Storage, keep_generation: u64) -> Result<Vec<Str
         return Ok(Vec::new());
     }
     let mut referenced = HashSet::new();
-    for key in st.list(MANIFESTS_PREFIX)? {
-        if parse_manifest_key(&key).is_none() {
-            continue;
-        }
+    let mut manifests = st.list(MANIFESTS_PREFIX)?;
+    manifests.retain(|k| parse_manifest_key(k).is_some());
+    let mut log = st.list(LOG_PREFIX)?;
+    log.retain(|k| k.ends_with(".json"));
+    for key in manifests.into_iter().chain(log) {
         let Some(bytes) = st.get(&key)? else { continue };
         match serde_json::from_slice::<References>(&bytes) {
             Ok(r) => {
@@ -421,7 +433,7 @@ pub fn quarantine(st: &dyn Storage, epoch: i64) -> Result<Option<String>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::storage::{LocalStorage, TempDir};
 
@@ -541,7 +553,7 @@ mod tests {
     }
 
     /// Stores `bytes` under `path` and returns its entry.
-    fn data(st: &LocalStorage, output: &str, path: &str, bytes: &[u8]) -> FileEntry {
+    pub(crate) fn data(st: &LocalStorage, output: &str, path: &str, bytes: &[u8]) -> FileEntry {
         st.put(path, bytes).unwrap();
         FileEntry {
             output: output.into(),
@@ -552,7 +564,7 @@ mod tests {
         }
     }
 
-    fn state(st: &LocalStorage, path: &str, bytes: &[u8]) -> StateFile {
+    pub(crate) fn state(st: &LocalStorage, path: &str, bytes: &[u8]) -> StateFile {
         st.put(path, bytes).unwrap();
         StateFile {
             path: path.into(),

@@ -748,6 +748,10 @@ impl Storage for S3Storage {
             .trim_end_matches('/')
             .to_string()
     }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{}{key}", self.bucket, self.root)
+    }
 }
 
 /// What the download task hands the reader.

@@ -58,6 +58,9 @@ pub trait Storage: Send + Sync + 'static {
     fn delete(&self, key: &str) -> Result<()>;
     /// Human-readable location, for logs (`local:/data/out`, `s3://b/p`).
     fn describe(&self) -> String;
+    /// Where other tools find `key`: `s3://bucket/prefix/key` on S3, an
+    /// absolute path on local disk. Written into Redshift COPY manifests.
+    fn url(&self, key: &str) -> String;
 }
 
 /// Opens the storage named by a URL or a local path: `s3://bucket/prefix`
@@ -320,6 +323,11 @@ impl Storage for LocalStorage {
 
     fn describe(&self) -> String {
         format!("local:{}", self.root.display())
+    }
+
+    fn url(&self, key: &str) -> String {
+        let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        root.join(key).display().to_string()
     }
 }
 

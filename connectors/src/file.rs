@@ -43,7 +43,8 @@ pub fn expand_inputs(patterns: &[String]) -> Result<Vec<PathBuf>> {
 }
 
 pub struct FileReader {
-    path: PathBuf,
+    /// The path or URL, for messages.
+    name: String,
     input: Box<dyn BufRead>,
     line: Vec<u8>,
     next_offset: u64,
@@ -53,13 +54,19 @@ impl FileReader {
     /// Opens `path` positioned at line `offset`.
     pub fn open(path: &Path, offset: u64) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let raw: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
-            Box::new(MultiGzDecoder::new(file))
+        Self::from_read(&path.display().to_string(), Box::new(file), offset)
+    }
+
+    /// Reads the JSON Lines stream `raw` (gzip when `name` ends in `.gz`),
+    /// positioned at line `offset`; `name` is its path or URL.
+    pub fn from_read(name: &str, raw: Box<dyn Read>, offset: u64) -> Result<Self> {
+        let raw: Box<dyn Read> = if name.ends_with(".gz") {
+            Box::new(MultiGzDecoder::new(raw))
         } else {
-            Box::new(file)
+            raw
         };
         let mut reader = FileReader {
-            path: path.to_owned(),
+            name: name.to_owned(),
             input: Box::new(BufReader::with_capacity(1 << 20, raw)),
             line: Vec::new(),
             next_offset: 0,
@@ -67,8 +74,7 @@ impl FileReader {
         while reader.next_offset < offset {
             if !reader.read_line()? {
                 bail!(
-                    "{} has {} lines but the checkpoint resumes at line {offset}: the input changed since it was committed",
-                    path.display(),
+                    "{name} has {} lines but the checkpoint resumes at line {offset}: the input changed since it was committed",
                     reader.next_offset
                 );
             }
@@ -82,7 +88,7 @@ impl FileReader {
         let n = self
             .input
             .read_until(b'\n', &mut self.line)
-            .with_context(|| format!("reading {}", self.path.display()))?;
+            .with_context(|| format!("reading {}", self.name))?;
         if n == 0 {
             return Ok(false);
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod committed;
+pub mod layout;
 pub mod reference;
 
 use std::path::PathBuf;
