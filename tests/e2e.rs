@@ -334,6 +334,25 @@ fn bad_configuration_fails_at_start_naming_the_problem() {
         ],
         "not a multiple of time.tick",
     );
+    for (name, text, needle) in [
+        (
+            "retain.toml",
+            "[checkpoint]\nretain = 0\n",
+            "checkpoint.retain",
+        ),
+        (
+            "endpoint.toml",
+            "[storage]\nendpoint = \"localhost:9000\"\n",
+            "storage.endpoint",
+        ),
+        ("storage.toml", "[storage]\nbucket = \"b\"\n", "bucket"),
+    ] {
+        let c = cfg(name, text);
+        fails_with(
+            &["replay", "--input", &input, "--output", out, "--config", &c],
+            needle,
+        );
+    }
     let none = tmp.join("no-such-hostfile");
     fails_with(
         &[
