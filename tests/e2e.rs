@@ -446,10 +446,8 @@ fn retention_keeps_the_newest_three_commits_and_every_output() {
 
     let st = tidemark_checkpoint::storage::LocalStorage::new(&out).unwrap();
     let commits = common::layout::assert_retained(&st, 3);
-    assert!(
-        commits > 10,
-        "only {commits} commits: too few to test retention"
-    );
+    // Six before the kill, at least one after: more than `retain`.
+    assert!(commits >= 7, "only {commits} commits");
     assert!(st.list("quarantine/").unwrap().is_empty());
     verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
