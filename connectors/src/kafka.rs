@@ -144,11 +144,9 @@ impl KafkaSettings {
         self.properties
             .iter()
             .map(|(k, v)| match v.strip_prefix("env:") {
-                Some(name) => std::env::var(name)
-                    .map(|v| (k.clone(), v))
-                    .map_err(|_| {
-                        anyhow!("Kafka property {k}: environment variable {name} is not set")
-                    }),
+                Some(name) => std::env::var(name).map(|v| (k.clone(), v)).map_err(|_| {
+                    anyhow!("Kafka property {k}: environment variable {name} is not set")
+                }),
                 None => Ok((k.clone(), v.clone())),
             })
             .collect()
@@ -462,7 +460,10 @@ impl PartitionReader for KafkaReader {
 /// Fails, naming the topic/partition and the fix, when a topic or partition
 /// does not exist, when a start offset is no longer (or not yet) in the
 /// partition, or when the brokers cannot be reached.
-pub fn open_readers(settings: &KafkaSettings, parts: &[KafkaPartition]) -> Result<Vec<KafkaReader>> {
+pub fn open_readers(
+    settings: &KafkaSettings,
+    parts: &[KafkaPartition],
+) -> Result<Vec<KafkaReader>> {
     let consumer = Arc::new(settings.consumer()?);
     check_partitions(&consumer, &settings.brokers, parts)?;
 
@@ -509,9 +510,15 @@ pub fn open_readers(settings: &KafkaSettings, parts: &[KafkaPartition]) -> Resul
         }
         starts.push(start);
     }
+    // A consumer of its own: resolving a time may read a record.
+    let probe = if by_time.is_empty() {
+        None
+    } else {
+        Some(settings.consumer()?)
+    };
     for (ms, idx) in by_time {
         let list: Vec<(String, i32)> = idx.iter().map(|&i| tps[i].clone()).collect();
-        let found = offsets_for_time(&consumer, &list, ms)?;
+        let found = offsets_for_time(probe.as_ref().unwrap(), &list, ms)?;
         for (&i, o) in idx.iter().zip(found) {
             starts[i] = o;
         }
@@ -531,7 +538,11 @@ pub fn open_readers(settings: &KafkaSettings, parts: &[KafkaPartition]) -> Resul
             let q = consumer
                 .split_partition_queue(&p.topic, p.partition)
                 .ok_or_else(|| {
-                    anyhow!("topic {} partition {}: no partition queue", p.topic, p.partition)
+                    anyhow!(
+                        "topic {} partition {}: no partition queue",
+                        p.topic,
+                        p.partition
+                    )
                 })?;
             tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(start as i64))
                 .context("building the assignment")?;
@@ -551,13 +562,19 @@ pub fn open_readers(settings: &KafkaSettings, parts: &[KafkaPartition]) -> Resul
         });
     }
     if tpl.count() > 0 {
-        consumer.assign(&tpl).context("assigning Kafka partitions")?;
+        consumer
+            .assign(&tpl)
+            .context("assigning Kafka partitions")?;
     }
     Ok(readers)
 }
 
 /// Unknown topics or partitions fail at open, not as a stall later.
-fn check_partitions(consumer: &KafkaConsumer, brokers: &str, parts: &[KafkaPartition]) -> Result<()> {
+fn check_partitions(
+    consumer: &KafkaConsumer,
+    brokers: &str,
+    parts: &[KafkaPartition],
+) -> Result<()> {
     let mut topics: Vec<&str> = parts.iter().map(|p| p.topic.as_str()).collect();
     topics.sort();
     topics.dedup();
@@ -626,6 +643,11 @@ pub fn high_watermarks<C: ConsumerContext>(
 /// Per partition, the first offset whose record timestamp is >= `ms` (the
 /// high watermark when there is none): a start at a time, or the exclusive
 /// end of a range "before `ms`".
+///
+/// `consumer` must read nothing (e.g. the one for commits and metrics): an
+/// answer at the log start is checked by reading that record, because some
+/// brokers (tansu 0.6) answer offset 0 instead of "none" when every record
+/// is older than `ms`.
 pub fn offsets_for_time<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     parts: &[(String, i32)],
@@ -647,13 +669,55 @@ pub fn offsets_for_time<C: ConsumerContext>(
                 .ok_or_else(|| anyhow!("topic {t} partition {p}: no answer for time {ms}"))?;
             e.error()
                 .with_context(|| format!("topic {t} partition {p}: offset for time {ms}"))?;
-            match e.offset() {
-                Offset::Offset(o) if o >= 0 => Ok(o as u64),
+            let (low, high) = watermarks(consumer, t, *p)?;
+            Ok(match e.offset() {
+                Offset::Offset(o) if o >= 0 && (o as u64) < high => {
+                    let o = (o as u64).max(low);
+                    if o == low && timestamp_at(consumer, t, *p, o)?.is_some_and(|ts| ts < ms) {
+                        high
+                    } else {
+                        o
+                    }
+                }
                 // No record at or after `ms`: the end of the partition.
-                _ => watermarks(consumer, t, *p).map(|w| w.1),
-            }
+                _ => high,
+            })
         })
         .collect()
+}
+
+/// The timestamp of the record at `offset` (which must exist), read by
+/// assigning `consumer` to it for a moment.
+fn timestamp_at<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    offset: u64,
+) -> Result<Option<i64>> {
+    if consumer.assignment().map_or(0, |a| a.count()) > 0 {
+        bail!("offsets_for_time needs a consumer with no assigned partitions");
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset as i64))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let found = loop {
+        if Instant::now() > deadline {
+            break Err(anyhow!(
+                "topic {topic} partition {partition}: timed out reading offset {offset}"
+            ));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.topic() == topic && m.partition() == partition => {
+                break Ok(m.timestamp().to_millis());
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break Ok(None),
+            _ => {}
+        }
+    };
+    consumer.unassign()?;
+    while consumer.poll(Duration::ZERO).is_some() {}
+    found
 }
 
 /// Commits `(topic, partition, next offset)` under the consumer's group so
@@ -796,7 +860,8 @@ pub fn produce_records(
     let producer = settings.producer(&[("message.max.bytes", "67108864")])?;
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     for (i, r) in records.iter().enumerate() {
-        let mut rec = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, i).partition(partition);
+        let mut rec =
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, i).partition(partition);
         if let Some(v) = r.value {
             rec = rec.payload(v);
         }
@@ -825,7 +890,9 @@ pub fn produce_records(
         .map(|i| match results.remove(&i) {
             Some(Ok(o)) => Ok(o),
             Some(Err(e)) => Err(anyhow!("record {i} to {topic}/{partition}: {e}")),
-            None => Err(anyhow!("record {i} to {topic}/{partition}: no delivery report")),
+            None => Err(anyhow!(
+                "record {i} to {topic}/{partition}: no delivery report"
+            )),
         })
         .collect()
 }
@@ -846,10 +913,16 @@ mod tests {
         let r = s.resolved_properties().unwrap();
         assert_eq!(r[0], ("sasl.password".into(), "hunter2".into()));
         let shown = format!("{s:?}");
-        assert!(!shown.contains("PEMDATA") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("PEMDATA") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         assert!(shown.contains("\"tm\""), "{shown}");
 
-        s.properties = vec![("sasl.password".into(), "env:TIDEMARK_TEST_KAFKA_UNSET".into())];
+        s.properties = vec![(
+            "sasl.password".into(),
+            "env:TIDEMARK_TEST_KAFKA_UNSET".into(),
+        )];
         let e = s.resolved_properties().unwrap_err().to_string();
         assert!(e.contains("TIDEMARK_TEST_KAFKA_UNSET"), "{e}");
         assert!(is_secret("sasl.oauthbearer.client.secret") && !is_secret("bootstrap.servers"));
@@ -860,6 +933,9 @@ mod tests {
         let mut s = KafkaSettings::new("127.0.0.1:1", "g");
         s.properties = vec![("no.such.password".into(), "s3cr3t".into())];
         let e = format!("{:#}", s.consumer().err().expect("an error"));
-        assert!(e.contains("no.such.password") && !e.contains("s3cr3t"), "{e}");
+        assert!(
+            e.contains("no.such.password") && !e.contains("s3cr3t"),
+            "{e}"
+        );
     }
 }

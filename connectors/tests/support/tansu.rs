@@ -1,0 +1,179 @@
+//! A tansu broker (Kafka protocol) for the tests: sqlite storage in a temp
+//! dir, a free loopback port, started by PID and killed on drop. Each test
+//! starts its own (ready in well under a second), so a test that kills its
+//! broker disturbs no other.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// `TANSU_BIN`, else `$TIDEMARK_TOOLS/tansu/bin/tansu` (default
+/// `$HOME/.cache/tidemark-tools`). Missing: the test fails, never skips.
+pub fn binary() -> PathBuf {
+    if let Some(b) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(b);
+    }
+    let tools = std::env::var_os("TIDEMARK_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/tidemark-tools")
+        });
+    let bin = tools.join("tansu/bin/tansu");
+    assert!(
+        bin.is_file(),
+        "the tansu broker is not installed at {}: run scripts/tansu-install (or set TANSU_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Tansu {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tidemark-tansu-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut t = Tansu {
+            bin: binary(),
+            dir,
+            port: 0,
+            child: None,
+        };
+        // The port may be taken between probing and binding: try a few.
+        for _ in 0..5 {
+            t.port = free_port();
+            if t.launch() {
+                return t;
+            }
+        }
+        panic!("tansu did not start; see {}", t.log().display());
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("tansu.log")
+    }
+
+    /// Starts the broker on `self.port`; true once it accepts connections.
+    fn launch(&mut self) -> bool {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("broker")
+            .arg("--listener-url")
+            .arg(self.url())
+            .arg("--advertised-listener-url")
+            .arg(self.url())
+            // tansu reads `sqlite:///abs/path` as relative to its working
+            // directory: run it in the temp dir with a relative path.
+            .arg("--storage-engine")
+            .arg("sqlite://tansu.db")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // The broker dies with the test thread that started it, even when
+        // the test process is killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawning tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Same sqlite file, same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.launch() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not restart on port {}; see {}",
+                self.port,
+                self.log().display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(&self.bin)
+            .args(["topic", "create", "--broker", &self.url(), "--partitions"])
+            .arg(partitions.to_string())
+            .arg(name)
+            .output()
+            .expect("running tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
