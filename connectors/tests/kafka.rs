@@ -525,3 +525,59 @@ fn unknown_topics_and_partitions_fail_at_open_naming_them() {
         "{e}"
     );
 }
+
+#[test]
+fn prefetch_stays_bounded_when_the_reader_is_not_polled() {
+    use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+    use rdkafka::statistics::Statistics;
+    use rdkafka::{ClientContext, Offset, TopicPartitionList};
+    use std::sync::{Arc, Mutex};
+    /// The largest (messages, bytes) librdkafka reported queued for pay/0.
+    #[derive(Default)]
+    struct Peak(Mutex<(i64, u64)>);
+    impl ClientContext for Peak {
+        fn stats(&self, s: Statistics) {
+            if let Some(p) = s.topics.get("pay").and_then(|t| t.partitions.get(&0)) {
+                let mut m = self.0.lock().unwrap();
+                *m = (m.0.max(p.fetchq_cnt), m.1.max(p.fetchq_size));
+            }
+        }
+    }
+    impl ConsumerContext for Peak {}
+
+    let t = Tansu::start();
+    t.create_topic("pay", 1);
+    let s = settings(&t, "g9");
+    // 40 MB on the broker, far beyond the prefetch bound.
+    let line = vec![b'z'; 1000];
+    let lines: Vec<&[u8]> = (0..40_000).map(|_| line.as_slice()).collect();
+    produce_lines(&s, "pay", 0, &lines).unwrap();
+
+    // The connector's own consumer configuration and queue layout: a
+    // split partition queue that nobody polls.
+    let c: Arc<BaseConsumer<Peak>> = Arc::new(
+        s.consumer_config()
+            .unwrap()
+            .set("statistics.interval.ms", "200")
+            .create_with_context(Peak::default())
+            .unwrap(),
+    );
+    let _queue = c.split_partition_queue("pay", 0).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("pay", 0, Offset::Offset(0))
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let _ = c.poll(Duration::from_millis(50));
+    }
+    let (msgs, bytes) = *c.context().0.lock().unwrap();
+    // queued.max.messages.kbytes (8 MiB) plus one fetch response (tansu
+    // caps a fetch at 5 MiB).
+    assert!(bytes > 1 << 20, "nothing was prefetched: {bytes} bytes");
+    assert!(
+        bytes <= (8 << 20) + (5 << 20),
+        "prefetch grew to {bytes} bytes"
+    );
+    assert!(msgs <= 20_000, "prefetch grew to {msgs} messages");
+}
