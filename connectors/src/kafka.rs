@@ -731,7 +731,11 @@ fn timestamp_at<C: ConsumerContext>(
 
 /// Commits `(topic, partition, next offset)` under the consumer's group so
 /// standard tools show lag. Call after an epoch is committed; tidemark never
-/// reads these back to resume.
+/// reads these back to resume, so a failure is only worth a warning.
+///
+/// Blocks until the group coordinator answers: about 45 s, then an error,
+/// when the brokers are down (measured), so call it where waiting is
+/// harmless (not on a worker thread).
 pub fn commit_offsets<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     offsets: &[(String, i32, u64)],
@@ -785,7 +789,7 @@ pub struct PartitionMetrics {
 }
 
 /// High watermark and lag per `(topic, partition, position)`; one broker
-/// round trip per partition.
+/// round trip per partition (up to [`REQUEST_TIMEOUT`] each when down).
 pub fn partition_metrics<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     positions: &[(String, i32, u64)],
