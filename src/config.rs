@@ -29,6 +29,8 @@ pub struct Config {
     pub checkpoint: CheckpointSection,
     #[serde(default)]
     pub storage: StorageSection,
+    #[serde(default)]
+    pub kafka: KafkaSection,
     #[serde(default = "default_windows")]
     pub windows: Vec<WindowSection>,
     #[serde(default)]
@@ -147,6 +149,41 @@ impl Default for CheckpointSection {
             interval: "10s".into(),
             min_wall_interval: "2s".into(),
             retain: DEFAULT_RETAIN,
+        }
+    }
+}
+
+/// The Kafka source (`source.kind = "kafka"`), and the connection settings
+/// of `tidemark replay --kafka`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topics read; job partitions are numbered topic by topic, in this
+    /// order, then by Kafka partition.
+    pub topics: Vec<String>,
+    /// Group whose committed offsets mirror the job's (for lag tools only).
+    pub group_id: String,
+    /// Where partitions without a checkpoint start: `earliest`, `latest`,
+    /// an RFC 3339 time, Unix ms, or offsets `topic:partition=offset,…`.
+    pub start: String,
+    /// Bounded runs stop here: `latest` (the end when the job starts), a
+    /// time, or offsets. Unset: the job follows the topics for ever.
+    pub end: Option<String>,
+    /// librdkafka properties (TLS, SASL); a value `env:NAME` is read from
+    /// the environment variable NAME.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            brokers: String::new(),
+            topics: Vec::new(),
+            group_id: "tidemark".into(),
+            start: "earliest".into(),
+            end: None,
+            properties: Default::default(),
         }
     }
 }

@@ -21,6 +21,17 @@ pub enum Input {
 }
 
 impl Input {
+    /// The file or object name, without its folder.
+    pub fn name(&self) -> String {
+        match self {
+            Input::Local(p) => p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            Input::Object { key, .. } => key.rsplit('/').next().unwrap_or(key).to_owned(),
+        }
+    }
+
     pub fn open(&self, offset: u64) -> Result<FileReader> {
         match self {
             Input::Local(p) => FileReader::open(p, offset),

@@ -4,16 +4,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tidemark_checkpoint::commit_log;
 use tidemark_checkpoint::committer::{committer, CommitStatus, CommitterConfig};
-use tidemark_checkpoint::manifest::{self, Manifest};
+use tidemark_checkpoint::manifest::{self, Manifest, Position};
 use tidemark_checkpoint::restore::restore_state;
 use tidemark_checkpoint::s3::S3Options;
 use tidemark_checkpoint::storage::{self, Storage};
 use tidemark_checkpoint::writer::{writer, WriterConfig};
 use tidemark_connectors::gen_source::GenReader;
 use tidemark_connectors::generator::GenConfig;
+use tidemark_connectors::kafka::open_readers;
 use tidemark_dataflow::event::Tick;
 use tidemark_dataflow::job::{build, Restored};
 use tidemark_dataflow::params::Params;
@@ -22,11 +23,13 @@ use timely::dataflow::operators::Probe;
 use timely::dataflow::ProbeHandle;
 
 use crate::inputs::Input;
+use crate::kafka_job::{KafkaSource, OffsetMirror};
 use crate::progress::{Latency, Progress, Summary};
 
 pub enum SourceSpec {
     Files(Vec<Input>),
     Generator(GenConfig),
+    Kafka(KafkaSource),
 }
 
 impl SourceSpec {
@@ -34,13 +37,67 @@ impl SourceSpec {
         match self {
             SourceSpec::Files(f) => f.len() as u32,
             SourceSpec::Generator(g) => g.partitions,
+            SourceSpec::Kafka(k) => k.parts.len() as u32,
         }
     }
-    fn open(&self, p: u32, offset: u64) -> Result<Box<dyn PartitionReader>> {
-        Ok(match self {
-            SourceSpec::Files(f) => Box::new(f[p as usize].open(offset)?),
-            SourceSpec::Generator(g) => Box::new(GenReader::open(g, p, offset)),
-        })
+
+    /// What each partition is, recorded in commits.
+    fn describe(&self) -> Vec<String> {
+        match self {
+            SourceSpec::Files(f) => f.iter().map(|i| format!("file:{}", i.name())).collect(),
+            SourceSpec::Generator(g) => (0..g.partitions)
+                .map(|p| format!("generator:{}/{p}", g.seed))
+                .collect(),
+            SourceSpec::Kafka(k) => k.describe(),
+        }
+    }
+
+    /// Opens the partitions `mine` of one worker, each at its committed
+    /// position (`None`: never committed, start where the source says).
+    fn open_worker(
+        &self,
+        mine: &[(u32, Option<&Position>)],
+    ) -> Result<Vec<(PartitionStart, Box<dyn PartitionReader>)>> {
+        let start = |p: u32, pos: Option<&Position>, offset: u64| PartitionStart {
+            partition: p,
+            offset,
+            max_ts: pos.and_then(|x| x.max_ts),
+        };
+        match self {
+            SourceSpec::Kafka(k) => {
+                // One consumer per worker for all its partitions.
+                let parts: Vec<_> = mine
+                    .iter()
+                    .map(|&(p, pos)| {
+                        let mut kp = k.parts[p as usize].clone();
+                        kp.checkpoint = pos.map(|x| x.offset);
+                        kp
+                    })
+                    .collect();
+                let readers = open_readers(&k.settings, &parts)?;
+                Ok(mine
+                    .iter()
+                    .zip(readers)
+                    .map(|(&(p, pos), r)| {
+                        let s = start(p, pos, r.start_offset());
+                        (s, Box::new(r) as Box<dyn PartitionReader>)
+                    })
+                    .collect())
+            }
+            _ => mine
+                .iter()
+                .map(|&(p, pos)| {
+                    let offset = pos.map_or(0, |x| x.offset);
+                    let reader: Box<dyn PartitionReader> = match self {
+                        SourceSpec::Files(f) => Box::new(f[p as usize].open(offset)?),
+                        SourceSpec::Generator(g) => Box::new(GenReader::open(g, p, offset)),
+                        SourceSpec::Kafka(_) => unreachable!(),
+                    };
+                    Ok((start(p, pos, offset), reader))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e: anyhow::Error| e.context("opening the input partitions")),
+        }
     }
 }
 
@@ -107,6 +164,23 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
                 st.describe()
             );
         }
+        let now = spec.source.describe();
+        if let Some(p) = m.job.positions.iter().find(|p| {
+            m.job
+                .inputs
+                .get(p.partition as usize)
+                .is_some_and(|was| now.get(p.partition as usize) != Some(was))
+        }) {
+            bail!(
+                "the inputs changed since epoch {} was committed to {}: partition {} was {}, now {}; \
+                 resume with the same inputs (the same files, or the same topics in the same order), or write to a new output root",
+                m.epoch,
+                st.describe(),
+                p.partition,
+                m.job.inputs[p.partition as usize],
+                now.get(p.partition as usize).map_or("missing", |s| s.as_str())
+            );
+        }
         let positions = m.job.positions.len() as u32;
         if positions > spec.source.partitions() {
             bail!(
@@ -137,7 +211,14 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
         None => tracing::info!(generation, "starting fresh"),
     }
 
+    let mirror = match (&spec.source, process) {
+        (SourceSpec::Kafka(k), 0) => Some(Arc::new(OffsetMirror::start(k)?)),
+        _ => None,
+    };
+    let inputs = spec.source.describe();
     let shared = Arc::new(Shared {
+        mirror,
+        inputs,
         spec,
         storage: st,
         resume,
@@ -163,6 +244,9 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
         }
     }
     progress.stop();
+    if let Some(m) = &shared.mirror {
+        m.finish(Duration::from_secs(15));
+    }
     if !failed.is_empty() {
         bail!("worker failed: {}", failed.join("; "));
     }
@@ -194,11 +278,14 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
 }
 
 struct Shared {
+    /// Mirrors committed Kafka positions to the group's offsets.
+    mirror: Option<Arc<OffsetMirror>>,
     spec: JobSpec,
     storage: Arc<dyn Storage>,
     resume: Option<Manifest>,
     generation: u64,
     fingerprint: String,
+    inputs: Vec<String>,
     meter: Arc<Meter>,
     status: Arc<Mutex<CommitStatus>>,
     latency: Arc<Mutex<Latency>>,
@@ -215,24 +302,17 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
     let skip_below = restored.boundary.unwrap_or(Tick::MIN);
 
     // Partitions are assigned by a fixed function of (partition, workers).
-    let mut readers = Vec::new();
-    for p in (0..sh.spec.source.partitions()).filter(|p| *p as usize % peers == index) {
-        let pos = sh
-            .resume
-            .as_ref()
-            .and_then(|m| m.job.positions.iter().find(|x| x.partition == p));
-        let start = PartitionStart {
-            partition: p,
-            offset: pos.map_or(0, |x| x.offset),
-            max_ts: pos.and_then(|x| x.max_ts),
-        };
-        let reader = sh
-            .spec
-            .source
-            .open(p, start.offset)
-            .with_context(|| format!("opening partition {p}"))?;
-        readers.push((start, reader));
-    }
+    let mine: Vec<(u32, Option<&Position>)> = (0..sh.spec.source.partitions())
+        .filter(|p| *p as usize % peers == index)
+        .map(|p| {
+            let pos = sh
+                .resume
+                .as_ref()
+                .and_then(|m| m.job.positions.iter().find(|x| x.partition == p));
+            (p, pos)
+        })
+        .collect();
+    let readers = sh.spec.source.open_worker(&mine)?;
 
     let probe = ProbeHandle::new();
     worker.dataflow::<Tick, _, _>(|scope| {
@@ -271,6 +351,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
         let reports = reports.probe_with(&probe);
         let meter = sh.meter.clone();
         let latency = sh.latency.clone();
+        let mirror = sh.mirror.clone();
         let tick_ms = params.tick_ms;
         committer(
             reports,
@@ -291,10 +372,15 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
                     .map(|m| m.job.positions.clone())
                     .unwrap_or_default(),
                 retain: sh.spec.retain,
+                inputs: sh.inputs.clone(),
             },
             sh.status.clone(),
-            Box::new(move |epoch| {
+            Box::new(move |m: &Manifest| {
+                if let Some(mirror) = &mirror {
+                    mirror.send(m.job.positions.clone());
+                }
                 // Every batch read with ticks below the epoch is now committed.
+                let epoch = m.epoch;
                 let now = Instant::now();
                 let limit = epoch / tick_ms;
                 let mut batches = meter.batches.lock().unwrap();

@@ -5,6 +5,7 @@ mod config;
 mod inputs;
 mod inspect;
 mod job;
+mod kafka_job;
 mod progress;
 
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::cluster::ClusterArgs;
 use crate::config::Config;
 use crate::job::{JobSpec, SourceSpec};
+use crate::kafka_job::KafkaSource;
+use tidemark_connectors::kafka::KafkaSettings;
 
 // Records are small and short-lived across many threads: mimalloc's
 // thread-local free lists cost far less than the system allocator here.
@@ -83,8 +86,23 @@ struct RunArgs {
 struct ReplayArgs {
     /// Input files, S3 objects or glob patterns (quote globs), e.g.
     /// 'data/*.jsonl.gz' or 's3://bucket/prefix/*.jsonl.gz'.
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka", num_args = 1..)]
     input: Vec<String>,
+    /// Replay a fixed range of Kafka topics instead: the bootstrap servers
+    /// (other connection settings from the config's [kafka]).
+    #[arg(long)]
+    kafka: Option<String>,
+    /// Kafka topic to replay (repeat for several; default: kafka.topics).
+    #[arg(long, requires = "kafka")]
+    topic: Vec<String>,
+    /// Start of the range: earliest, an RFC 3339 time, Unix ms, or offsets
+    /// `topic:partition=offset,…`.
+    #[arg(long, requires = "kafka", default_value = "earliest")]
+    from: String,
+    /// End of the range (exclusive): latest (the end when the replay starts),
+    /// a time, or offsets.
+    #[arg(long, requires = "kafka", default_value = "latest")]
+    to: String,
     /// Output root.
     #[arg(long)]
     output: String,
@@ -182,7 +200,24 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "files" => SourceSpec::Files(
                     inputs::expand(&cfg.source.paths, &cfg.s3_options()).context("source.paths")?,
                 ),
-                other => anyhow::bail!("source.kind = {other:?}: use \"generator\" or \"files\""),
+                "kafka" => {
+                    let k = &cfg.kafka;
+                    let start = kafka_job::parse_bound("kafka.start", &k.start, &k.topics)?;
+                    let end = k
+                        .end
+                        .as_deref()
+                        .map(|e| kafka_job::parse_bound("kafka.end", e, &k.topics))
+                        .transpose()?;
+                    SourceSpec::Kafka(KafkaSource::resolve(
+                        kafka_settings(k, None),
+                        &k.topics,
+                        &start,
+                        end.as_ref(),
+                    )?)
+                }
+                other => anyhow::bail!(
+                    "source.kind = {other:?}: use \"generator\", \"files\" or \"kafka\""
+                ),
             };
             run(&cfg, a.cluster, source, output, a.rate)
         }
@@ -192,8 +227,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 None => Config::parse("")?,
             };
             progress::init_logging(&cfg.job.log);
-            let files = inputs::expand(&a.input, &cfg.s3_options())?;
-            run(&cfg, a.cluster, SourceSpec::Files(files), a.output, a.rate)
+            let source = match &a.kafka {
+                Some(brokers) => {
+                    let topics = if a.topic.is_empty() {
+                        cfg.kafka.topics.clone()
+                    } else {
+                        a.topic.clone()
+                    };
+                    let start = kafka_job::parse_bound("--from", &a.from, &topics)?;
+                    let end = kafka_job::parse_bound("--to", &a.to, &topics)?;
+                    SourceSpec::Kafka(KafkaSource::resolve(
+                        kafka_settings(&cfg.kafka, Some(brokers)),
+                        &topics,
+                        &start,
+                        Some(&end),
+                    )?)
+                }
+                None => SourceSpec::Files(inputs::expand(&a.input, &cfg.s3_options())?),
+            };
+            run(&cfg, a.cluster, source, a.output, a.rate)
         }
         Command::Generate(a) => {
             let g = tidemark_connectors::generator::GenConfig {
@@ -219,6 +271,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Inspect { root, json } => inspect::inspect(&root, json),
         Command::Verify { root } => inspect::verify(&root),
+    }
+}
+
+fn kafka_settings(k: &config::KafkaSection, brokers: Option<&str>) -> KafkaSettings {
+    KafkaSettings {
+        brokers: brokers.unwrap_or(&k.brokers).to_owned(),
+        group_id: k.group_id.clone(),
+        properties: k
+            .properties
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect(),
     }
 }
 

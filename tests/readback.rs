@@ -12,7 +12,8 @@ use std::path::Path;
 use std::process::Command;
 
 /// Many epochs with transactions: 40 s of event time, a short dedup horizon.
-const CONFIG: &str = "[checkpoint]\ninterval = \"2s\"\nmin_wall_interval = \"0\"\n\n[dedup]\nhorizon = \"5s\"\n";
+const CONFIG: &str =
+    "[checkpoint]\ninterval = \"2s\"\nmin_wall_interval = \"0\"\n\n[dedup]\nhorizon = \"5s\"\n";
 
 fn with_s3_env<'a>(c: &'a mut Command, endpoint: &str) -> &'a mut Command {
     c.env("AWS_ENDPOINT_URL", endpoint)

@@ -33,6 +33,8 @@ pub struct CommitterConfig {
     pub previous_seq: u64,
     /// Positions of the restored manifest (kept for partitions not seen since).
     pub previous_positions: Vec<Position>,
+    /// What each source partition is (`JobSection::inputs`).
+    pub inputs: Vec<String>,
     /// How many commits (with their state snapshots) to keep in the log.
     pub retain: u64,
 }
@@ -52,7 +54,7 @@ pub fn committer<'s>(
     markers: StreamVec<'s, Tick, Marker>,
     cfg: CommitterConfig,
     status: Arc<Mutex<CommitStatus>>,
-    on_commit: Box<dyn FnMut(i64)>,
+    on_commit: Box<dyn FnMut(&Manifest)>,
 ) {
     let scope = reports.scope();
     // One committer: worker 0. The others only drain their (empty) inputs.
@@ -152,8 +154,8 @@ struct Book {
     committed_positions: BTreeMap<u32, Position>,
     cfg: CommitterConfig,
     status: Arc<Mutex<CommitStatus>>,
-    /// Called after each commit with its epoch (latency accounting).
-    on_commit: Box<dyn FnMut(i64)>,
+    /// Called after each commit (latency accounting, offset mirrors).
+    on_commit: Box<dyn FnMut(&Manifest)>,
 }
 
 impl Book {
@@ -196,6 +198,7 @@ impl Book {
                     records_in: 0,
                 },
                 params_fingerprint: self.cfg.params_fingerprint.clone(),
+                inputs: self.cfg.inputs.clone(),
             },
         );
         let t0 = std::time::Instant::now();
@@ -224,7 +227,7 @@ impl Book {
             "committed epoch"
         );
         self.last = Some(epoch);
-        (self.on_commit)(epoch);
+        (self.on_commit)(&m);
         let mut s = self.status.lock().unwrap();
         s.last_epoch = Some(epoch);
         s.epochs += 1;

@@ -117,6 +117,11 @@ pub struct JobSection {
     /// Fingerprint of the computation parameters the state was built with.
     #[serde(default)]
     pub params_fingerprint: String,
+    /// What each source partition is, by partition number (`file:<name>`,
+    /// `kafka:<topic>/<partition>`): a restart checks that positions still
+    /// mean the same partitions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
 }
 
 /// The resume position of one source partition.
@@ -522,6 +527,7 @@ pub(crate) mod tests {
                     records_in: 100,
                 },
                 params_fingerprint: "fp".into(),
+                inputs: vec!["file:a.jsonl".into(), "file:b.jsonl".into()],
             },
         );
         let bytes = m.to_bytes().unwrap();

@@ -578,41 +578,58 @@ pub fn open_readers(
     Ok(readers)
 }
 
+/// The number of partitions of each topic, in the order given; an unknown
+/// topic or unreachable brokers fail naming them.
+pub fn topic_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    brokers: &str,
+    topics: &[String],
+) -> Result<Vec<i32>> {
+    topics
+        .iter()
+        .map(|topic| {
+            let md = consumer
+                .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot read the metadata of Kafka topic {topic} from {brokers}: {e}. \
+                         Check the broker addresses, the network, and the TLS/SASL properties"
+                    )
+                })?;
+            let t = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .ok_or_else(|| {
+                    anyhow!("Kafka topic {topic}: not in the broker's metadata answer")
+                })?;
+            if let Some(err) = t.error() {
+                let code = RDKafkaErrorCode::from(err);
+                if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                    bail!(
+                        "Kafka topic {topic} does not exist on {brokers}: create it, or fix the \
+                         topic name in the source config"
+                    );
+                }
+                bail!("Kafka topic {topic}: metadata error {code}");
+            }
+            Ok(t.partitions().len() as i32)
+        })
+        .collect()
+}
+
 /// Unknown topics or partitions fail at open, not as a stall later.
 fn check_partitions(
     consumer: &KafkaConsumer,
     brokers: &str,
     parts: &[KafkaPartition],
 ) -> Result<()> {
-    let mut topics: Vec<&str> = parts.iter().map(|p| p.topic.as_str()).collect();
+    let mut topics: Vec<String> = parts.iter().map(|p| p.topic.clone()).collect();
     topics.sort();
     topics.dedup();
-    for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-            .map_err(|e| {
-                anyhow!(
-                    "cannot read the metadata of Kafka topic {topic} from {brokers}: {e}. \
-                     Check the broker addresses, the network, and the TLS/SASL properties"
-                )
-            })?;
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .ok_or_else(|| anyhow!("Kafka topic {topic}: not in the broker's metadata answer"))?;
-        if let Some(err) = t.error() {
-            let code = RDKafkaErrorCode::from(err);
-            if code == RDKafkaErrorCode::UnknownTopicOrPartition {
-                bail!(
-                    "Kafka topic {topic} does not exist on {brokers}: create it, or fix the \
-                     topic name in the source config"
-                );
-            }
-            bail!("Kafka topic {topic}: metadata error {code}");
-        }
-        let n = t.partitions().len() as i32;
-        for p in parts.iter().filter(|p| p.topic == topic) {
+    let counts = topic_partitions(consumer, brokers, &topics)?;
+    for (topic, n) in topics.iter().zip(counts) {
+        for p in parts.iter().filter(|p| &p.topic == topic) {
             if p.partition < 0 || p.partition >= n {
                 bail!(
                     "Kafka topic {topic} partition {} does not exist: the topic has {n} \
