@@ -1,0 +1,304 @@
+//! The job reading Kafka from a real broker (tansu on loopback, started per
+//! test): its committed outputs equal those of `tidemark replay` over the
+//! same files, whatever the cluster shape, through kills of the job and of
+//! the broker; the group's committed offsets show the job's progress.
+
+mod common;
+#[path = "../connectors/tests/support/tansu.rs"]
+mod tansu;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::committed::{assert_same, read_committed};
+use common::reference::Outputs;
+use tansu::Tansu;
+use tidemark_connectors::kafka::{
+    committed_offsets, high_watermarks, produce_lines, KafkaSettings,
+};
+
+const FAST_COMMITS: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n";
+
+/// Generates `partitions` files and replays them: the expected outputs.
+/// `rate` is the event-time rate: events per second of event time.
+fn dataset(
+    dir: &Path,
+    events: u64,
+    partitions: u32,
+    seed: u64,
+    rate: u64,
+) -> (Vec<PathBuf>, Outputs) {
+    let input = dir.join("in");
+    common::run_ok(&[
+        "generate",
+        "--output",
+        input.to_str().unwrap(),
+        "--events",
+        &events.to_string(),
+        "--partitions",
+        &partitions.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--events-per-sec",
+        &rate.to_string(),
+    ]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let config = write(dir, "files.toml", FAST_COMMITS);
+    let out = dir.join("from-files");
+    common::run_ok(&[
+        "replay",
+        "--input",
+        &format!("{}/*.jsonl", input.display()),
+        "--output",
+        out.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    (files, read_committed(&out))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Each file's lines to one explicit partition, in order: Kafka offset =
+/// line number, as in a file replay.
+fn produce(broker: &Tansu, topic: &str, files: &[PathBuf]) {
+    broker.create_topic(topic, files.len() as u32);
+    let settings = KafkaSettings::new(broker.brokers(), "producer");
+    for (p, f) in files.iter().enumerate() {
+        let bytes = std::fs::read(f).unwrap();
+        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        if lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        let offsets = produce_lines(&settings, topic, p as i32, &lines).unwrap();
+        assert_eq!(offsets.first(), Some(&0));
+        assert_eq!(offsets.last(), Some(&(lines.len() as u64 - 1)));
+    }
+}
+
+/// A job config reading `topic` to its end as of the start.
+fn kafka_config(dir: &Path, broker: &Tansu, topic: &str, group: &str) -> PathBuf {
+    write(
+        dir,
+        &format!("kafka-{group}.toml"),
+        &format!(
+            "{FAST_COMMITS}\n[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\nend = \"latest\"\n",
+            broker.brokers()
+        ),
+    )
+}
+
+fn run_cmd(config: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(common::tidemark_bin());
+    c.args([
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ])
+    .args(extra)
+    .env("TIDEMARK_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+fn finish(c: Child, what: &str) {
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn manifests(root: &Path) -> usize {
+    std::fs::read_dir(root.join("manifests")).map_or(0, |d| d.count())
+}
+
+fn group_offsets(broker: &Tansu, topic: &str, group: &str, n: i32) -> Vec<Option<u64>> {
+    let c = KafkaSettings::new(broker.brokers(), group)
+        .consumer()
+        .unwrap();
+    let tps: Vec<(String, i32)> = (0..n).map(|p| (topic.to_owned(), p)).collect();
+    committed_offsets(&c, &tps).unwrap()
+}
+
+fn ends(broker: &Tansu, topic: &str, n: i32) -> Vec<u64> {
+    let c = KafkaSettings::new(broker.brokers(), "probe")
+        .consumer()
+        .unwrap();
+    let tps: Vec<(String, i32)> = (0..n).map(|p| (topic.to_owned(), p)).collect();
+    high_watermarks(&c, &tps).unwrap()
+}
+
+/// Two processes of one job over loopback.
+fn cluster(dir: &Path, config: &Path, out: &Path, n: usize, w: usize) {
+    let ports: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let hosts: Vec<String> = ports
+        .iter()
+        .map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port()))
+        .collect();
+    drop(ports);
+    let hostfile = write(dir, "hosts.txt", &(hosts.join("\n") + "\n"));
+    let children: Vec<Child> = (0..n)
+        .map(|p| {
+            run_cmd(
+                config,
+                out,
+                &[
+                    "-w",
+                    &w.to_string(),
+                    "-n",
+                    &n.to_string(),
+                    "-p",
+                    &p.to_string(),
+                    "-h",
+                    hostfile.to_str().unwrap(),
+                ],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        finish(c, &format!("process {i}"));
+    }
+}
+
+#[test]
+fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
+    let tmp = common::tempdir();
+    let broker = Tansu::start();
+
+    // 8 partitions: 1 process × 2 workers, and 2 processes × 1 worker.
+    let (files, expected) = dataset(&tmp.join("eight"), 48_000, 8, 31, 5000);
+    produce(&broker, "payments", &files);
+    let config = kafka_config(&tmp, &broker, "payments", "tidemark-a");
+    let out = tmp.join("kafka-1x2");
+    finish(run_cmd(&config, &out, &["-w", "2"]).spawn().unwrap(), "1x2");
+    assert_same(&expected, &read_committed(&out));
+    // The group's offsets are the job's committed positions: the end.
+    let end = ends(&broker, "payments", 8);
+    assert_eq!(
+        group_offsets(&broker, "payments", "tidemark-a", 8),
+        end.iter().map(|e| Some(*e)).collect::<Vec<_>>()
+    );
+
+    let config = kafka_config(&tmp, &broker, "payments", "tidemark-b");
+    let out = tmp.join("kafka-2x1");
+    cluster(&tmp, &config, &out, 2, 1);
+    assert_same(&expected, &read_committed(&out));
+
+    // 2 partitions, 3 workers: one worker owns none and must not hold the
+    // frontier back; several epochs commit and the job ends.
+    let (files, expected) = dataset(&tmp.join("two"), 20_000, 2, 32, 2000);
+    produce(&broker, "narrow", &files);
+    let config = kafka_config(&tmp, &broker, "narrow", "tidemark-c");
+    let out = tmp.join("kafka-1x3");
+    finish(
+        run_cmd(&config, &out, &["-w", "3", "--rate", "10000"])
+            .spawn()
+            .unwrap(),
+        "1x3",
+    );
+    assert_same(&expected, &read_committed(&out));
+    assert!(
+        manifests(&out) > 3,
+        "the frontier advanced through several epochs"
+    );
+
+    // The bounded replay command reads the same range.
+    let out = tmp.join("replay-kafka");
+    common::run_ok(&[
+        "replay",
+        "--kafka",
+        &broker.brokers(),
+        "--topic",
+        "narrow",
+        "--from",
+        "earliest",
+        "--to",
+        "latest",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_same(&expected, &read_committed(&out));
+}
+
+#[test]
+fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
+    let tmp = common::tempdir();
+    let mut broker = Tansu::start();
+    let (files, expected) = dataset(&tmp, 40_000, 4, 33, 1000);
+    produce(&broker, "payments", &files);
+    let total: u64 = ends(&broker, "payments", 4).iter().sum();
+    let config = kafka_config(&tmp, &broker, "payments", "tidemark");
+    let out = tmp.join("out");
+
+    let mut lag_seen = false;
+    for new_epochs in 1..=5 {
+        let start = manifests(&out);
+        let mut child = run_cmd(&config, &out, &["-w", "2", "--rate", "6000"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the job finished before kill {new_epochs}"
+            );
+            if manifests(&out) >= start + new_epochs || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Mid-run, the group shows progress short of the end: lag.
+        let committed: u64 = group_offsets(&broker, "payments", "tidemark", 4)
+            .iter()
+            .map(|o| o.unwrap_or(0))
+            .sum();
+        lag_seen |= committed > 0 && committed < total;
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+    assert!(
+        lag_seen,
+        "the group's offsets never showed a partial position"
+    );
+
+    // The broker dies mid-run and comes back: the job waits and finishes.
+    let child = run_cmd(&config, &out, &["-w", "2", "--rate", "10000"])
+        .spawn()
+        .unwrap();
+    let before = manifests(&out);
+    while manifests(&out) < before + 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the job ended before the broker died"
+    );
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the job must wait for the broker, not end"
+    );
+    broker.restart();
+    finish(child, "the run through a broker restart");
+    assert_same(&expected, &read_committed(&out));
+}
