@@ -174,6 +174,10 @@ pub struct KafkaSection {
     /// librdkafka properties (TLS, SASL); a value `env:NAME` is read from
     /// the environment variable NAME.
     pub properties: std::collections::BTreeMap<String, String>,
+    /// Committed anomalies are published here, keyed by anomaly.
+    pub alerts_topic: Option<String>,
+    /// Committed rejects are published here, keyed by source coordinates.
+    pub dead_letter_topic: Option<String>,
 }
 impl Default for KafkaSection {
     fn default() -> Self {
@@ -184,6 +188,8 @@ impl Default for KafkaSection {
             start: "earliest".into(),
             end: None,
             properties: Default::default(),
+            alerts_topic: None,
+            dead_letter_topic: None,
         }
     }
 }

@@ -22,9 +22,12 @@ use tidemark_dataflow::source::{source, Meter, PartitionReader, PartitionStart, 
 use timely::dataflow::operators::Probe;
 use timely::dataflow::ProbeHandle;
 
+use crate::background::Background;
 use crate::inputs::Input;
-use crate::kafka_job::{KafkaSource, OffsetMirror};
+use crate::kafka_job::{offset_mirror, KafkaSource};
+use crate::kafka_sinks::{self, SinkTopics};
 use crate::progress::{Latency, Progress, Summary};
+use tidemark_connectors::kafka::KafkaSettings;
 
 pub enum SourceSpec {
     Files(Vec<Input>),
@@ -112,6 +115,8 @@ pub struct JobSpec {
     pub max_rate: Option<u64>,
     /// Commits (with state snapshots) kept in the log.
     pub retain: u64,
+    /// Publish committed anomalies and rejects to these Kafka topics.
+    pub sinks: Option<(KafkaSettings, SinkTopics)>,
     pub s3: S3Options,
 }
 
@@ -212,12 +217,19 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
     }
 
     let mirror = match (&spec.source, process) {
-        (SourceSpec::Kafka(k), 0) => Some(Arc::new(OffsetMirror::start(k)?)),
+        (SourceSpec::Kafka(k), 0) => Some(offset_mirror(k)?),
+        _ => None,
+    };
+    let sinks = match (&spec.sinks, process) {
+        (Some((settings, topics)), 0) => {
+            Some(kafka_sinks::start(st.clone(), settings, topics.clone())?)
+        }
         _ => None,
     };
     let inputs = spec.source.describe();
     let shared = Arc::new(Shared {
         mirror,
+        sinks,
         inputs,
         spec,
         storage: st,
@@ -246,6 +258,9 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
     progress.stop();
     if let Some(m) = &shared.mirror {
         m.finish(Duration::from_secs(15));
+    }
+    if let Some(s) = &shared.sinks {
+        s.finish(Duration::from_secs(60));
     }
     if !failed.is_empty() {
         bail!("worker failed: {}", failed.join("; "));
@@ -279,7 +294,9 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
 
 struct Shared {
     /// Mirrors committed Kafka positions to the group's offsets.
-    mirror: Option<Arc<OffsetMirror>>,
+    mirror: Option<Background<Vec<Position>>>,
+    /// Publishes committed epochs to the Kafka sinks.
+    sinks: Option<Background<Manifest>>,
     spec: JobSpec,
     storage: Arc<dyn Storage>,
     resume: Option<Manifest>,
@@ -291,7 +308,7 @@ struct Shared {
     latency: Arc<Mutex<Latency>>,
 }
 
-fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
+fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<()> {
     let index = worker.index();
     let peers = worker.peers();
     let params = sh.spec.params.clone();
@@ -351,7 +368,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
         let reports = reports.probe_with(&probe);
         let meter = sh.meter.clone();
         let latency = sh.latency.clone();
-        let mirror = sh.mirror.clone();
+        let sh2 = sh.clone();
         let tick_ms = params.tick_ms;
         committer(
             reports,
@@ -376,8 +393,11 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Shared) -> Result<()> {
             },
             sh.status.clone(),
             Box::new(move |m: &Manifest| {
-                if let Some(mirror) = &mirror {
+                if let Some(mirror) = &sh2.mirror {
                     mirror.send(m.job.positions.clone());
+                }
+                if let Some(sinks) = &sh2.sinks {
+                    sinks.send(m.clone());
                 }
                 // Every batch read with ticks below the epoch is now committed.
                 let epoch = m.epoch;

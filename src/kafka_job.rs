@@ -4,9 +4,6 @@
 //! tools only) off the worker threads.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
-use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +12,8 @@ use tidemark_connectors::kafka::{
     self, high_watermarks, offsets_for_time, KafkaPartition, KafkaSettings, StartAt,
 };
 use tidemark_dataflow::rfc3339::parse_rfc3339_ms;
+
+use crate::background::Background;
 
 /// A start or end position as written in config and flags.
 #[derive(Clone, Debug, PartialEq)]
@@ -168,81 +167,40 @@ fn listed(
 /// Mirrors committed positions to the group's offsets from a thread of its
 /// own (a commit blocks ~45 s when the brokers are down), and logs each
 /// partition's high watermark and lag at most every `LAG_LOG_INTERVAL`.
-pub struct OffsetMirror {
-    tx: Mutex<Option<mpsc::Sender<Vec<Position>>>>,
-    done: Mutex<mpsc::Receiver<()>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+pub fn offset_mirror(source: &KafkaSource) -> Result<Background<Vec<Position>>> {
+    let consumer = source.settings.consumer()?;
+    let names: Vec<(String, i32)> = source
+        .parts
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition))
+        .collect();
+    let mut last_log: Option<Instant> = None;
+    Background::start("kafka-offsets", move |mut batch: Vec<Vec<Position>>| {
+        // Only the newest commit matters.
+        let positions = batch.pop().unwrap_or_default();
+        let offsets: Vec<(String, i32, u64)> = positions
+            .iter()
+            .filter_map(|p| {
+                let (t, k) = names.get(p.partition as usize)?;
+                Some((t.clone(), *k, p.offset))
+            })
+            .collect();
+        if let Err(e) = kafka::commit_offsets(&consumer, &offsets) {
+            tracing::warn!(error = %format!("{e:#}"), "mirroring committed positions to the Kafka group failed; lag tools show older offsets");
+            return;
+        }
+        if last_log.is_none_or(|t| t.elapsed() >= LAG_LOG_INTERVAL) {
+            last_log = Some(Instant::now());
+            if let Ok(m) = kafka::partition_metrics(&consumer, &offsets) {
+                for (x, (_, _, pos)) in m.iter().zip(&offsets) {
+                    tracing::info!(topic = %x.topic, partition = x.partition, position = pos, high_watermark = x.high_watermark, lag = x.lag, "kafka partition");
+                }
+            }
+        }
+    })
 }
 
 const LAG_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-impl OffsetMirror {
-    pub fn start(source: &KafkaSource) -> Result<OffsetMirror> {
-        let consumer = source.settings.consumer()?;
-        let names: Vec<(String, i32)> = source
-            .parts
-            .iter()
-            .map(|p| (p.topic.clone(), p.partition))
-            .collect();
-        let (tx, rx) = mpsc::channel::<Vec<Position>>();
-        let (done_tx, done) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("kafka-offsets".into())
-            .spawn(move || {
-                let mut last_log: Option<Instant> = None;
-                while let Ok(mut positions) = rx.recv() {
-                    // Only the newest commit matters.
-                    while let Ok(newer) = rx.try_recv() {
-                        positions = newer;
-                    }
-                    let offsets: Vec<(String, i32, u64)> = positions
-                        .iter()
-                        .filter_map(|p| {
-                            let (t, k) = names.get(p.partition as usize)?;
-                            Some((t.clone(), *k, p.offset))
-                        })
-                        .collect();
-                    if let Err(e) = kafka::commit_offsets(&consumer, &offsets) {
-                        tracing::warn!(error = %format!("{e:#}"), "mirroring committed positions to the Kafka group failed; lag tools show older offsets");
-                        continue;
-                    }
-                    if last_log.is_none_or(|t| t.elapsed() >= LAG_LOG_INTERVAL) {
-                        last_log = Some(Instant::now());
-                        if let Ok(m) = kafka::partition_metrics(&consumer, &offsets) {
-                            for (x, (_, _, pos)) in m.iter().zip(&offsets) {
-                                tracing::info!(topic = %x.topic, partition = x.partition, position = pos, high_watermark = x.high_watermark, lag = x.lag, "kafka partition");
-                            }
-                        }
-                    }
-                }
-                let _ = done_tx.send(());
-            })
-            .context("starting the Kafka offset thread")?;
-        Ok(OffsetMirror {
-            tx: Mutex::new(Some(tx)),
-            done: Mutex::new(done),
-            thread: Mutex::new(Some(thread)),
-        })
-    }
-
-    pub fn send(&self, positions: Vec<Position>) {
-        if let Some(tx) = self.tx.lock().unwrap().as_ref() {
-            let _ = tx.send(positions);
-        }
-    }
-
-    /// Lets the last mirror commit finish, waiting at most `wait`.
-    pub fn finish(&self, wait: Duration) {
-        self.tx.lock().unwrap().take();
-        if self.done.lock().unwrap().recv_timeout(wait).is_ok() {
-            if let Some(t) = self.thread.lock().unwrap().take() {
-                let _ = t.join();
-            }
-        } else {
-            tracing::warn!("the last Kafka offset mirror commit did not finish in time");
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

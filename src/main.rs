@@ -1,11 +1,13 @@
 //! The `tidemark` command line.
 
+mod background;
 mod cluster;
 mod config;
 mod inputs;
 mod inspect;
 mod job;
 mod kafka_job;
+mod kafka_sinks;
 mod progress;
 
 use std::path::PathBuf;
@@ -219,7 +221,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     "source.kind = {other:?}: use \"generator\", \"files\" or \"kafka\""
                 ),
             };
-            run(&cfg, a.cluster, source, output, a.rate)
+            run(&cfg, a.cluster, source, output, a.rate, None)
         }
         Command::Replay(a) => {
             let cfg = match &a.config {
@@ -245,7 +247,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 None => SourceSpec::Files(inputs::expand(&a.input, &cfg.s3_options())?),
             };
-            run(&cfg, a.cluster, source, a.output, a.rate)
+            run(
+                &cfg,
+                a.cluster,
+                source,
+                a.output,
+                a.rate,
+                a.kafka.as_deref(),
+            )
         }
         Command::Generate(a) => {
             let g = tidemark_connectors::generator::GenConfig {
@@ -292,8 +301,22 @@ fn run(
     source: SourceSpec,
     output: String,
     max_rate: Option<u64>,
+    brokers: Option<&str>,
 ) -> Result<ExitCode> {
     let params = cfg.params()?;
+    let k = &cfg.kafka;
+    let sinks = (k.alerts_topic.is_some() || k.dead_letter_topic.is_some()).then(|| {
+        (
+            kafka_settings(k, brokers),
+            kafka_sinks::SinkTopics {
+                alerts: k.alerts_topic.clone(),
+                dead_letters: k.dead_letter_topic.clone(),
+            },
+        )
+    });
+    if sinks.as_ref().is_some_and(|s| s.0.brokers.is_empty()) {
+        anyhow::bail!("kafka.alerts_topic / kafka.dead_letter_topic need kafka.brokers: name the bootstrap servers");
+    }
     let timely = cluster::timely_config(&cluster, &cfg.cluster)?;
     let spec = JobSpec {
         params,
@@ -305,6 +328,7 @@ fn run(
         max_rate,
         retain: cfg.checkpoint.retain,
         s3: cfg.s3_options(),
+        sinks,
     };
     let summary = job::run(spec)?;
     summary.print();

@@ -87,14 +87,139 @@ fn produce(broker: &Tansu, topic: &str, files: &[PathBuf]) {
 
 /// A job config reading `topic` to its end as of the start.
 fn kafka_config(dir: &Path, broker: &Tansu, topic: &str, group: &str) -> PathBuf {
+    kafka_config_with(dir, broker, topic, group, "")
+}
+
+fn kafka_config_with(dir: &Path, broker: &Tansu, topic: &str, group: &str, extra: &str) -> PathBuf {
     write(
         dir,
         &format!("kafka-{group}.toml"),
         &format!(
-            "{FAST_COMMITS}\n[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\nend = \"latest\"\n",
+            "{FAST_COMMITS}\n[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\nend = \"latest\"\n{extra}",
             broker.brokers()
         ),
     )
+}
+
+/// Every (key, value) of a topic, from the start to its current end.
+fn consume_all(broker: &Tansu, topic: &str, partitions: i32) -> Vec<(String, serde_json::Value)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", "sink-reader")
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let (_, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next = 0;
+        while next < high {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}/{p}: stuck at {next} of {high}"
+            );
+            let Some(m) = c.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            next = m.offset() + 1;
+            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+            out.push((key, serde_json::from_slice(m.payload().unwrap()).unwrap()));
+        }
+    }
+    out
+}
+
+/// The sinks hold every committed anomaly and reject (at least once: a
+/// restart may publish an epoch again, with the same keys), keyed as
+/// documented, and nothing else.
+fn check_sinks(broker: &Tansu, expected: &Outputs) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let rfc = |v: &serde_json::Value| common::reference::parse_timestamp(v.as_str().unwrap());
+    let alerts: BTreeMap<String, serde_json::Value> =
+        consume_all(broker, "alerts", 3).into_iter().collect();
+    let mut want = BTreeSet::new();
+    for a in &expected.anomalies {
+        want.insert((
+            a.kind.clone(),
+            a.transaction_id.clone(),
+            a.window.clone(),
+            a.key.clone(),
+            a.metric.clone(),
+            a.window_start,
+            (a.z * 1e6).round() as i64,
+        ));
+    }
+    let mut got = BTreeSet::new();
+    for (k, v) in &alerts {
+        let s = |f: &str| v[f].as_str().map(str::to_owned);
+        let kind = s("kind").unwrap();
+        let expect_key = if kind == "transaction" {
+            format!("transaction/{}", s("transaction_id").unwrap())
+        } else {
+            format!(
+                "window/{}/{}/{}/{}",
+                s("window").unwrap(),
+                s("key").unwrap(),
+                s("window_start").unwrap(),
+                s("metric").unwrap()
+            )
+        };
+        assert_eq!(k, &expect_key);
+        let start = if v["window_start"].is_null() {
+            None
+        } else {
+            rfc(&v["window_start"])
+        };
+        got.insert((
+            kind,
+            s("transaction_id"),
+            s("window"),
+            s("key").unwrap(),
+            s("metric").unwrap(),
+            start,
+            (v["z"].as_f64().unwrap() * 1e6).round() as i64,
+        ));
+    }
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "alerts topic");
+
+    let dead: BTreeMap<String, serde_json::Value> =
+        consume_all(broker, "dead-letters", 3).into_iter().collect();
+    let want: BTreeMap<String, (String, String)> = expected
+        .rejects
+        .iter()
+        .map(|r| {
+            (
+                format!("{}/{}/{}", r.source, r.partition, r.offset),
+                (r.reason.clone(), r.raw.clone()),
+            )
+        })
+        .collect();
+    let got: BTreeMap<String, (String, String)> = dead
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (
+                    v["reason"].as_str().unwrap().to_owned(),
+                    v["raw"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "dead-letter topic");
 }
 
 fn run_cmd(config: &Path, out: &Path, extra: &[&str]) -> Command {
@@ -245,7 +370,15 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
     let (files, expected) = dataset(&tmp, 40_000, 4, 33, 1000);
     produce(&broker, "payments", &files);
     let total: u64 = ends(&broker, "payments", 4).iter().sum();
-    let config = kafka_config(&tmp, &broker, "payments", "tidemark");
+    broker.create_topic("alerts", 3);
+    broker.create_topic("dead-letters", 3);
+    let config = kafka_config_with(
+        &tmp,
+        &broker,
+        "payments",
+        "tidemark",
+        "alerts_topic = \"alerts\"\ndead_letter_topic = \"dead-letters\"\n",
+    );
     let out = tmp.join("out");
 
     let mut lag_seen = false;
@@ -301,4 +434,5 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
     broker.restart();
     finish(child, "the run through a broker restart");
     assert_same(&expected, &read_committed(&out));
+    check_sinks(&broker, &expected);
 }

@@ -15,6 +15,7 @@ pub mod commit_log;
 pub mod committer;
 pub mod manifest;
 pub mod parquet_out;
+pub mod parquet_rows;
 pub mod redshift;
 pub mod restore;
 pub mod s3;

@@ -927,6 +927,68 @@ pub fn produce_records(
         .collect()
 }
 
+/// A keyed, idempotent producer for the job's sinks (alerts, dead letters).
+///
+/// Delivery is at least once: the broker de-duplicates a producer's retries
+/// (idempotence), and a republished batch after a crash carries the same
+/// keys, so consumers keep the last record per key. Kafka transactions would
+/// make it exactly once, but tansu (the test broker) cannot end one
+/// (`EndTxn` unsupported), so they are not used.
+pub struct KeyedSink {
+    producer: BaseProducer<ProduceContext>,
+    sent: usize,
+}
+
+impl KeyedSink {
+    pub fn new(settings: &KafkaSettings) -> Result<KeyedSink> {
+        Ok(KeyedSink {
+            producer: settings.producer(&[("acks", "all")])?,
+            sent: 0,
+        })
+    }
+
+    /// Queues one record; the partition follows from the key.
+    pub fn send(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut rec = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, self.sent)
+            .key(key)
+            .payload(value);
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => bail!("producing to topic {topic}: {e}"),
+            }
+        }
+        self.sent += 1;
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Waits until every queued record is delivered; fails if any was not.
+    pub fn flush(&mut self, timeout: Duration) -> Result<()> {
+        self.producer
+            .flush(timeout)
+            .context("delivering sink records")?;
+        let mut results = self.producer.context().results.lock().unwrap();
+        let failed = results.values().filter(|r| r.is_err()).count();
+        let first = results.values().find_map(|r| r.clone().err());
+        let delivered = results.len();
+        results.clear();
+        let sent = std::mem::take(&mut self.sent);
+        if failed > 0 || delivered != sent {
+            bail!(
+                "{failed} of {sent} sink records failed ({} reported): {}",
+                delivered,
+                first.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
