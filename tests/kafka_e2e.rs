@@ -345,6 +345,35 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
         "the frontier advanced through several epochs"
     );
 
+    // Several topics in one job: partitions numbered topic by topic, as
+    // the two file sets are numbered in path order.
+    let both = tmp.join("both-files");
+    let files_cfg = write(&tmp, "fast.toml", FAST_COMMITS);
+    common::run_ok(&[
+        "replay",
+        "--input",
+        &format!("{}/eight/in/*.jsonl", tmp.display()),
+        &format!("{}/two/in/*.jsonl", tmp.display()),
+        "--output",
+        both.to_str().unwrap(),
+        "--config",
+        files_cfg.to_str().unwrap(),
+    ]);
+    let config = write(
+        &tmp,
+        "two-topics.toml",
+        &format!(
+            "{FAST_COMMITS}\n[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"payments\", \"narrow\"]\nend = \"latest\"\n",
+            broker.brokers()
+        ),
+    );
+    let out = tmp.join("kafka-two-topics");
+    finish(
+        run_cmd(&config, &out, &["-w", "2"]).spawn().unwrap(),
+        "two topics",
+    );
+    assert_same(&read_committed(&both), &read_committed(&out));
+
     // The bounded replay command reads the same range.
     let out = tmp.join("replay-kafka");
     common::run_ok(&[
@@ -435,4 +464,88 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
     finish(child, "the run through a broker restart");
     assert_same(&expected, &read_committed(&out));
     check_sinks(&broker, &expected);
+}
+
+#[test]
+fn null_binary_and_oversized_messages_are_rejects_not_crashes() {
+    use common::reference::{compute_records, RefParams};
+    use tidemark_connectors::kafka::{produce_records, ProduceRecord};
+    let tmp = common::tempdir();
+    let broker = Tansu::start();
+    let (files, _) = dataset(&tmp, 2_000, 2, 34, 500);
+    broker.create_topic("mixed", 2);
+    // Each file's records, with a null value, binary garbage and a record
+    // over max_record_bytes (2 KB of valid JSON) mixed in.
+    let big = format!(
+        "{{\"transaction_id\":\"big\",\"padding\":\"{}\"}}",
+        "x".repeat(2_000)
+    );
+    let mut partitions: Vec<Vec<Option<Vec<u8>>>> = Vec::new();
+    for f in &files {
+        let text = std::fs::read(f).unwrap();
+        let mut recs: Vec<Option<Vec<u8>>> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| Some(l.to_vec()))
+            .collect();
+        recs.insert(10, None);
+        recs.insert(20, Some(vec![0xff, 0xfe, 0x00, 0x9c, b'{']));
+        recs.insert(30, Some(big.clone().into_bytes()));
+        partitions.push(recs);
+    }
+    let settings = KafkaSettings::new(broker.brokers(), "producer");
+    for (p, recs) in partitions.iter().enumerate() {
+        let recs: Vec<ProduceRecord> = recs
+            .iter()
+            .map(|v| ProduceRecord {
+                value: v.as_deref(),
+                timestamp_ms: None,
+            })
+            .collect();
+        produce_records(&settings, "mixed", p as i32, &recs).unwrap();
+    }
+    let config = write(
+        &tmp,
+        "small.toml",
+        "[validation]\nmax_record_bytes = 1000\n",
+    );
+    let out = tmp.join("out");
+    common::run_ok(&[
+        "replay",
+        "--kafka",
+        &broker.brokers(),
+        "--topic",
+        "mixed",
+        "--output",
+        out.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let actual = read_committed(&out);
+
+    // The independent reference over the same bytes (a null value is an
+    // empty record).
+    let bytes: Vec<Vec<Vec<u8>>> = partitions
+        .iter()
+        .map(|p| p.iter().map(|v| v.clone().unwrap_or_default()).collect())
+        .collect();
+    let expected = compute_records(
+        &bytes,
+        &RefParams {
+            max_record_bytes: 1000,
+            ..RefParams::default()
+        },
+    );
+    assert_same(&expected, &actual);
+    for (offset, reason) in [(10, "MALFORMED"), (20, "MALFORMED"), (30, "TOO_LARGE")] {
+        for p in 0..2 {
+            assert!(
+                actual
+                    .rejects
+                    .iter()
+                    .any(|r| r.partition == p && r.offset == offset && r.reason == reason),
+                "partition {p} offset {offset}: {reason} expected"
+            );
+        }
+    }
 }
