@@ -216,8 +216,9 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
         None => tracing::info!(generation, "starting fresh"),
     }
 
+    let meter = Arc::new(Meter::default());
     let mirror = match (&spec.source, process) {
-        (SourceSpec::Kafka(k), 0) => Some(offset_mirror(k)?),
+        (SourceSpec::Kafka(k), 0) => Some(offset_mirror(k, meter.clone())?),
         _ => None,
     };
     let sinks = match (&spec.sinks, process) {
@@ -236,7 +237,7 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
         resume,
         generation,
         fingerprint: fp,
-        meter: Arc::new(Meter::default()),
+        meter,
         status: Arc::new(Mutex::new(CommitStatus::default())),
         latency: Arc::new(Mutex::new(Latency::new())),
     });

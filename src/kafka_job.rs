@@ -4,6 +4,7 @@
 //! tools only) off the worker threads.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -12,6 +13,7 @@ use tidemark_connectors::kafka::{
     self, high_watermarks, offsets_for_time, KafkaPartition, KafkaSettings, StartAt,
 };
 use tidemark_dataflow::rfc3339::parse_rfc3339_ms;
+use tidemark_dataflow::source::Meter;
 
 use crate::background::Background;
 
@@ -167,7 +169,7 @@ fn listed(
 /// Mirrors committed positions to the group's offsets from a thread of its
 /// own (a commit blocks ~45 s when the brokers are down), and logs each
 /// partition's high watermark and lag at most every `LAG_LOG_INTERVAL`.
-pub fn offset_mirror(source: &KafkaSource) -> Result<Background<Vec<Position>>> {
+pub fn offset_mirror(source: &KafkaSource, meter: Arc<Meter>) -> Result<Background<Vec<Position>>> {
     let consumer = source.settings.consumer()?;
     let names: Vec<(String, i32)> = source
         .parts
@@ -192,8 +194,22 @@ pub fn offset_mirror(source: &KafkaSource) -> Result<Background<Vec<Position>>> 
         if last_log.is_none_or(|t| t.elapsed() >= LAG_LOG_INTERVAL) {
             last_log = Some(Instant::now());
             if let Ok(m) = kafka::partition_metrics(&consumer, &offsets) {
-                for (x, (_, _, pos)) in m.iter().zip(&offsets) {
-                    tracing::info!(topic = %x.topic, partition = x.partition, position = pos, high_watermark = x.high_watermark, lag = x.lag, "kafka partition");
+                // Read-side counters exist for this process's partitions only.
+                let read = meter.partitions.lock().unwrap().clone();
+                for ((x, (_, _, pos)), p) in m.iter().zip(&offsets).zip(&positions) {
+                    let r = read.get(&p.partition).copied().unwrap_or_default();
+                    tracing::info!(
+                        topic = %x.topic,
+                        partition = x.partition,
+                        committed_position = pos,
+                        high_watermark = x.high_watermark,
+                        lag = x.lag,
+                        records_read = r.records,
+                        bytes_read = r.bytes,
+                        read_position = r.position,
+                        watermark_ms = r.watermark_ms,
+                        "kafka partition"
+                    );
                 }
             }
         }

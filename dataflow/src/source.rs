@@ -112,6 +112,19 @@ pub struct SourceConfig {
 pub struct Meter {
     pub records: std::sync::atomic::AtomicU64,
     pub batches: std::sync::Mutex<std::collections::VecDeque<(Instant, Tick, u32)>>,
+    /// Per partition, updated once per batch read.
+    pub partitions: std::sync::Mutex<std::collections::BTreeMap<u32, PartitionStats>>,
+}
+
+/// What one source partition has read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub records: u64,
+    pub bytes: u64,
+    /// The next offset to read.
+    pub position: u64,
+    /// The partition's watermark, ms (`max_ts − max_out_of_orderness`).
+    pub watermark_ms: Option<Millis>,
 }
 
 struct Partition {
@@ -300,6 +313,16 @@ pub fn source<'s>(
                                 b.push_back((read_at, t, accepted.len() as u32));
                             }
                         }
+                        {
+                            let mut stats = config.meter.partitions.lock().unwrap();
+                            let s = stats.entry(p.start.partition).or_default();
+                            s.records += batch.len() as u64;
+                            s.bytes += batch.data.len() as u64;
+                            s.position = p.next_offset;
+                            s.watermark_ms = p
+                                .max_ts
+                                .map(|m| m.saturating_sub(params.max_out_of_orderness_ms));
+                        }
                         emit_sorted(&mut accepted, txn_cap, &mut txn_session);
                         emit_sorted(&mut rejected, rej_cap, &mut rej_session);
                         pos_session.session(&*pos_cap).give(PositionEntry {
@@ -468,9 +491,15 @@ mod tests {
         .into_bytes()
     }
 
-    type Captured = (Vec<(Tick, Vec<Txn>)>, Vec<(Tick, Vec<Reject>)>);
+    type Captured = (
+        Vec<(Tick, Vec<Txn>)>,
+        Vec<(Tick, Vec<Reject>)>,
+        std::collections::BTreeMap<u32, PartitionStats>,
+    );
 
     fn run(parts: Vec<Vec<Vec<u8>>>) -> Captured {
+        let meter = std::sync::Arc::new(Meter::default());
+        let m = meter.clone();
         let (txns, rejects) = timely::execute_directly(move |worker| {
             let (txns, rejects) = worker.dataflow::<Tick, _, _>(|scope| {
                 let readers: Vec<(PartitionStart, Box<dyn PartitionReader>)> = parts
@@ -493,7 +522,7 @@ mod tests {
                     budget: 100,
                     max_lag_ticks: 1000,
                     skip_below: Tick::MIN,
-                    meter: Default::default(),
+                    meter: m,
                     max_rate: None,
                 };
                 let (t, r, _) = source(
@@ -517,12 +546,13 @@ mod tests {
                 })
                 .collect()
         }
-        (messages(txns), messages(rejects))
+        let stats = meter.partitions.lock().unwrap().clone();
+        (messages(txns), messages(rejects), stats)
     }
 
     #[test]
     fn lateness_is_per_partition_and_rejects_sit_at_the_watermark() {
-        let (txns, rejects) = run(vec![
+        let (txns, rejects, stats) = run(vec![
             vec![
                 rec("a", 100),
                 rec("b", 95),
@@ -563,6 +593,35 @@ mod tests {
                 (90, RejectReason::Late, 2),
                 (90, RejectReason::Malformed, 3)
             ]
+        );
+        // Per-partition metrics: records and bytes read, position, watermark.
+        let bytes0 = [
+            rec("a", 100),
+            rec("b", 95),
+            rec("c", 89),
+            b"{oops".to_vec(),
+            rec("d", 90),
+        ]
+        .iter()
+        .map(Vec::len)
+        .sum::<usize>() as u64;
+        assert_eq!(
+            stats.get(&0),
+            Some(&PartitionStats {
+                records: 5,
+                bytes: bytes0,
+                position: 5,
+                watermark_ms: Some(90_000)
+            })
+        );
+        assert_eq!(
+            stats.get(&1),
+            Some(&PartitionStats {
+                records: 1,
+                bytes: rec("e", 50).len() as u64,
+                position: 1,
+                watermark_ms: Some(40_000)
+            })
         );
     }
 
@@ -654,7 +713,7 @@ mod tests {
 
     #[test]
     fn rejects_before_any_watermark_sit_at_the_start_of_time() {
-        let (_, rejects) = run(vec![vec![b"[]".to_vec(), rec("a", 10)]]);
+        let (_, rejects, _) = run(vec![vec![b"[]".to_vec(), rec("a", 10)]]);
         assert_eq!(rejects.len(), 1);
         assert_eq!(rejects[0].0, Tick::MIN);
         assert_eq!(rejects[0].1[0].reason, RejectReason::Malformed);
