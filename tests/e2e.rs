@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::committed::{assert_same, read_committed};
 use tidemark_checkpoint::storage::Storage;
@@ -65,25 +64,9 @@ fn run_replay(input: &str, out: &Path, config: &Path, extra: &[&str]) {
     );
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
 /// A real cluster of `n` processes over loopback, with a hostfile.
 fn run_cluster(input: &str, out: &Path, config: &Path, processes: usize, workers: usize) {
-    let dir = out.parent().unwrap();
-    let hostfile = dir.join(format!("hosts-{processes}x{workers}.txt"));
-    let hosts: Vec<String> = free_ports(processes)
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    std::fs::write(&hostfile, hosts.join("\n") + "\n").unwrap();
+    let hostfile = common::hostfile(out.parent().unwrap(), processes);
     let children: Vec<Child> = (0..processes)
         .map(|i| {
             let (w, n, p) = (workers.to_string(), processes.to_string(), i.to_string());
@@ -185,32 +168,16 @@ fn kill_at_five_moments_then_restart_equals_uninterrupted() {
     // Kill -9 once after each of five different numbers of committed epochs
     // (plus once before any commit), restarting in between.
     let out = tmp.join("crashy");
-    let mut kills = 0;
-    // Throttled so that the job is still running at each kill; the five
-    // moments are 1 to 5 epochs after each restart (a kill can land in the
-    // middle of writing files, state or a manifest).
-    for new_epochs in 1..=5 {
-        let start = manifests(&out);
-        let mut child = replay_cmd(&input, &out, &config, &["-w", "2", "--rate", "50000"])
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-                panic!("run {kills} ended ({status}) before {new_epochs} new epochs: {err}");
-            }
-            if manifests(&out) >= start + new_epochs || Instant::now() > deadline {
-                child.kill().unwrap(); // SIGKILL
-                kills += 1;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let _ = child.wait();
-    }
-    assert_eq!(kills, 5, "the job finished before a kill");
+    // Throttled so that the job is still running at each kill.
+    common::kill_at_five_moments(
+        || {
+            replay_cmd(&input, &out, &config, &["-w", "2", "--rate", "50000"])
+                .spawn()
+                .unwrap()
+        },
+        || manifests(&out),
+        || {},
+    );
     run_replay(&input, &out, &config, &["-w", "2"]);
     verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
@@ -397,23 +364,7 @@ fn two_jobs_on_one_root_exactly_one_commits() {
                 .unwrap()
         })
         .collect();
-    let results: Vec<(bool, String)> = jobs
-        .into_iter()
-        .map(|c| {
-            let o = c.wait_with_output().unwrap();
-            (
-                o.status.success(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            )
-        })
-        .collect();
-    let winners = results.iter().filter(|r| r.0).count();
-    assert_eq!(winners, 1, "exactly one job must finish: {results:?}");
-    let loser = &results.iter().find(|r| !r.0).unwrap().1;
-    assert!(
-        loser.contains("two jobs are using one output root"),
-        "loser said: {loser}"
-    );
+    common::assert_one_job_wins(jobs);
     verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
 }

@@ -269,15 +269,7 @@ fn ends(broker: &Tansu, topic: &str, n: i32) -> Vec<u64> {
 
 /// Two processes of one job over loopback.
 fn cluster(dir: &Path, config: &Path, out: &Path, n: usize, w: usize) {
-    let ports: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let hosts: Vec<String> = ports
-        .iter()
-        .map(|l| format!("127.0.0.1:{}", l.local_addr().unwrap().port()))
-        .collect();
-    drop(ports);
-    let hostfile = write(dir, "hosts.txt", &(hosts.join("\n") + "\n"));
+    let hostfile = common::hostfile(dir, n);
     let children: Vec<Child> = (0..n)
         .map(|p| {
             run_cmd(
@@ -411,31 +403,22 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
     let out = tmp.join("out");
 
     let mut lag_seen = false;
-    for new_epochs in 1..=5 {
-        let start = manifests(&out);
-        let mut child = run_cmd(&config, &out, &["-w", "2", "--rate", "6000"])
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the job finished before kill {new_epochs}"
-            );
-            if manifests(&out) >= start + new_epochs || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // Mid-run, the group shows progress short of the end: lag.
-        let committed: u64 = group_offsets(&broker, "payments", "tidemark", 4)
-            .iter()
-            .map(|o| o.unwrap_or(0))
-            .sum();
-        lag_seen |= committed > 0 && committed < total;
-        child.kill().unwrap();
-        let _ = child.wait();
-    }
+    common::kill_at_five_moments(
+        || {
+            run_cmd(&config, &out, &["-w", "2", "--rate", "6000"])
+                .spawn()
+                .unwrap()
+        },
+        || manifests(&out),
+        || {
+            // Mid-run, the group shows progress short of the end: lag.
+            let committed: u64 = group_offsets(&broker, "payments", "tidemark", 4)
+                .iter()
+                .map(|o| o.unwrap_or(0))
+                .sum();
+            lag_seen |= committed > 0 && committed < total;
+        },
+    );
     assert!(
         lag_seen,
         "the group's offsets never showed a partial position"

@@ -11,7 +11,6 @@ mod moto;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::committed::{assert_same, read_committed};
 use tidemark_checkpoint::s3::{S3Options, S3Storage};
@@ -110,27 +109,17 @@ fn crashes_and_damage_on_s3_end_in_equal_outputs() {
 
     let st = bucket(&endpoint, "tm-crash");
     let root = "s3://tm-crash/out";
-    for new_epochs in 1..=5 {
-        let start = manifests(&*st);
-        let mut child = replay(root, &["--rate", "20000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the job finished before kill {new_epochs}"
-            );
-            if manifests(&*st) >= start + new_epochs || Instant::now() > deadline {
-                child.kill().unwrap(); // SIGKILL
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.wait();
-    }
+    common::kill_at_five_moments(
+        || {
+            replay(root, &["--rate", "20000"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        || manifests(&*st),
+        || {},
+    );
 
     // Damage the newest manifest: verify reports it, a restart recovers.
     let newest = st
@@ -201,26 +190,7 @@ fn two_jobs_on_one_s3_root_exactly_one_commits() {
                 .unwrap()
         })
         .collect();
-    let results: Vec<(bool, String)> = jobs
-        .into_iter()
-        .map(|c| {
-            let o = c.wait_with_output().unwrap();
-            (
-                o.status.success(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        results.iter().filter(|r| r.0).count(),
-        1,
-        "exactly one job must finish: {results:?}"
-    );
-    let loser = &results.iter().find(|r| !r.0).unwrap().1;
-    assert!(
-        loser.contains("two jobs are using one output root"),
-        "loser said: {loser}"
-    );
+    common::assert_one_job_wins(jobs);
     run_ok(tidemark(&endpoint, &["verify", root]));
     let local = tmp.join("from-s3");
     download(&*st, &local);

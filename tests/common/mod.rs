@@ -52,3 +52,77 @@ pub fn tempdir() -> PathBuf {
         }
     }
 }
+
+/// Kills the job with SIGKILL at five moments: `1..=5` commits after each
+/// restart (`committed()` counts commits so far), so kills land while
+/// files, state or manifests are being written. `between` runs just before
+/// each kill (e.g. to look at the job mid-run). Fails if a run ends before
+/// its kill: the job must be throttled to still be running.
+pub fn kill_at_five_moments(
+    mut start: impl FnMut() -> std::process::Child,
+    committed: impl Fn() -> usize,
+    mut between: impl FnMut(),
+) {
+    use std::time::{Duration, Instant};
+    for new_commits in 1..=5 {
+        let at = committed();
+        let mut child = start();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(e) = child.stderr.as_mut() {
+                    let _ = std::io::Read::read_to_string(e, &mut err);
+                }
+                panic!("the job ended ({status}) before {new_commits} new commits: {err}");
+            }
+            if committed() >= at + new_commits || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        between();
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+}
+
+/// Waits for jobs started at once on one root: exactly one finishes, the
+/// others stop with the conflict message.
+pub fn assert_one_job_wins(jobs: Vec<std::process::Child>) {
+    let results: Vec<(bool, String)> = jobs
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.0).count(),
+        1,
+        "exactly one job must finish: {results:?}"
+    );
+    for (_, err) in results.iter().filter(|r| !r.0) {
+        assert!(
+            err.contains("two jobs are using one output root"),
+            "loser said: {err}"
+        );
+    }
+}
+
+/// A hostfile of `n` free loopback ports in `dir`.
+pub fn hostfile(dir: &std::path::Path, n: usize) -> PathBuf {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let hosts: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port()))
+        .collect();
+    let path = dir.join(format!("hosts-{n}.txt"));
+    std::fs::write(&path, hosts.concat()).unwrap();
+    path
+}
