@@ -17,21 +17,6 @@ use tidemark_checkpoint::storage::Storage;
 /// Many small epochs, so crashes land between commits.
 const FAST_COMMITS: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n";
 
-fn generate(dir: &Path, events: u64, partitions: u32, seed: u64) -> String {
-    common::run_ok(&[
-        "generate",
-        "--output",
-        dir.to_str().unwrap(),
-        "--events",
-        &events.to_string(),
-        "--partitions",
-        &partitions.to_string(),
-        "--seed",
-        &seed.to_string(),
-    ]);
-    format!("{}/*.jsonl", dir.display())
-}
-
 fn write_config(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("job.toml");
     std::fs::write(&p, text).unwrap();
@@ -114,7 +99,7 @@ fn verify_ok(root: &Path) {
 #[test]
 fn cluster_shapes_commit_identical_outputs() {
     let tmp = common::tempdir();
-    let input = generate(&tmp.join("in"), 100_000, 8, 11);
+    let input = common::generate(&tmp.join("in"), 100_000, 8, 11, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
 
     let base = tmp.join("1x1");
@@ -154,7 +139,7 @@ fn manifests(root: &Path) -> usize {
 #[test]
 fn kill_at_five_moments_then_restart_equals_uninterrupted() {
     let tmp = common::tempdir();
-    let input = generate(&tmp.join("in"), 150_000, 8, 23);
+    let input = common::generate(&tmp.join("in"), 150_000, 8, 23, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
     let clean = tmp.join("clean");
     run_replay(&input, &clean, &config, &["-w", "2"]);
@@ -186,7 +171,7 @@ fn kill_at_five_moments_then_restart_equals_uninterrupted() {
 #[test]
 fn damaged_epochs_are_reported_and_recovered() {
     let tmp = common::tempdir();
-    let input = generate(&tmp.join("in"), 60_000, 4, 5);
+    let input = common::generate(&tmp.join("in"), 60_000, 4, 5, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
     let clean = tmp.join("clean");
     run_replay(&input, &clean, &config, &["-w", "1"]);
@@ -276,7 +261,7 @@ fn fails_with(args: &[&str], needle: &str) {
 #[test]
 fn bad_configuration_fails_at_start_naming_the_problem() {
     let tmp = common::tempdir();
-    let input = generate(&tmp.join("in"), 100, 1, 1);
+    let input = common::generate(&tmp.join("in"), 100, 1, 1, 5000);
     let out = tmp.join("out");
     let out = out.to_str().unwrap();
     let cfg = |name: &str, text: &str| {
@@ -350,7 +335,7 @@ fn bad_configuration_fails_at_start_naming_the_problem() {
 #[test]
 fn two_jobs_on_one_root_exactly_one_commits() {
     let tmp = common::tempdir();
-    let input = generate(&tmp.join("in"), 60_000, 4, 9);
+    let input = common::generate(&tmp.join("in"), 60_000, 4, 9, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
     let clean = tmp.join("clean");
     run_replay(&input, &clean, &config, &["-w", "1"]);
@@ -372,7 +357,7 @@ fn two_jobs_on_one_root_exactly_one_commits() {
 #[test]
 fn retention_keeps_the_newest_three_commits_and_every_output() {
     let tmp = common::tempdir();
-    let input = generate(&tmp.join("in"), 60_000, 4, 13);
+    let input = common::generate(&tmp.join("in"), 60_000, 4, 13, 5000);
     let config = write_config(&tmp, &format!("{FAST_COMMITS}retain = 3\n"));
     let clean = tmp.join("clean");
     run_replay(&input, &clean, &config, &["-w", "2"]);

@@ -30,19 +30,7 @@ fn dataset(
     rate: u64,
 ) -> (Vec<PathBuf>, Outputs) {
     let input = dir.join("in");
-    common::run_ok(&[
-        "generate",
-        "--output",
-        input.to_str().unwrap(),
-        "--events",
-        &events.to_string(),
-        "--partitions",
-        &partitions.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--events-per-sec",
-        &rate.to_string(),
-    ]);
+    common::generate(&input, events, partitions, seed, rate);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -74,20 +74,7 @@ fn duckdb_reads_what_inspect_counts_locally_and_on_s3() {
     let endpoint = moto::shared().endpoint.clone();
     let tmp = common::tempdir();
     let input = tmp.join("in");
-    common::run_ok(&[
-        "generate",
-        "--output",
-        input.to_str().unwrap(),
-        "--events",
-        "40000",
-        "--partitions",
-        "4",
-        "--seed",
-        "17",
-        "--events-per-sec",
-        "1000",
-    ]);
-    let input = format!("{}/*.jsonl", input.display());
+    let input = common::generate(&input, 40_000, 4, 17, 1000);
     let config = tmp.join("job.toml");
     std::fs::write(&config, CONFIG).unwrap();
 

@@ -79,18 +79,7 @@ fn crashes_and_damage_on_s3_end_in_equal_outputs() {
     let endpoint = moto::shared().endpoint.clone();
     let tmp = common::tempdir();
     let input_dir = tmp.join("in");
-    common::run_ok(&[
-        "generate",
-        "--output",
-        input_dir.to_str().unwrap(),
-        "--events",
-        "80000",
-        "--partitions",
-        "4",
-        "--seed",
-        "3",
-    ]);
-    let input = format!("{}/*.jsonl", input_dir.display());
+    let input = common::generate(&input_dir, 80_000, 4, 3, 5000);
     let config = tmp.join("job.toml");
     std::fs::write(&config, FAST_COMMITS).unwrap();
     let config = config.to_str().unwrap();
@@ -144,26 +133,12 @@ fn crashes_and_damage_on_s3_end_in_equal_outputs() {
     assert_same(&expected, &read_committed(&local));
 }
 
-fn generate(dir: &Path, events: u64, seed: u64) {
-    common::run_ok(&[
-        "generate",
-        "--output",
-        dir.to_str().unwrap(),
-        "--events",
-        &events.to_string(),
-        "--partitions",
-        "4",
-        "--seed",
-        &seed.to_string(),
-    ]);
-}
-
 #[test]
 fn two_jobs_on_one_s3_root_exactly_one_commits() {
     let endpoint = moto::shared().endpoint.clone();
     let tmp = common::tempdir();
     let input_dir = tmp.join("in");
-    generate(&input_dir, 40_000, 9);
+    common::generate(&input_dir, 40_000, 4, 9, 5000);
     let input = format!("{}/*.jsonl", input_dir.display());
     let config = tmp.join("job.toml");
     std::fs::write(&config, FAST_COMMITS).unwrap();
@@ -202,7 +177,7 @@ fn replay_from_s3_inputs_equals_replay_from_local_files() {
     let endpoint = moto::shared().endpoint.clone();
     let tmp = common::tempdir();
     let input_dir = tmp.join("in");
-    generate(&input_dir, 40_000, 21);
+    common::generate(&input_dir, 40_000, 4, 21, 5000);
     let config = tmp.join("job.toml");
     std::fs::write(&config, FAST_COMMITS).unwrap();
     let config = config.to_str().unwrap();

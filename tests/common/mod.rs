@@ -126,3 +126,29 @@ pub fn hostfile(dir: &std::path::Path, n: usize) -> PathBuf {
     std::fs::write(&path, hosts.concat()).unwrap();
     path
 }
+
+/// `tidemark generate` into `dir`: `partitions` JSON Lines files of
+/// `events` in all, `events_per_sec` of event time. Returns the glob of the
+/// files.
+pub fn generate(
+    dir: &std::path::Path,
+    events: u64,
+    partitions: u32,
+    seed: u64,
+    events_per_sec: u64,
+) -> String {
+    run_ok(&[
+        "generate",
+        "--output",
+        dir.to_str().unwrap(),
+        "--events",
+        &events.to_string(),
+        "--partitions",
+        &partitions.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--events-per-sec",
+        &events_per_sec.to_string(),
+    ]);
+    format!("{}/*.jsonl", dir.display())
+}
