@@ -13,9 +13,7 @@ use anyhow::{bail, Context, Result};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tidemark_connectors::kafka::{
-    high_watermarks, produce_lines, topic_partitions, KafkaSettings,
-};
+use tidemark_connectors::kafka::{high_watermarks, produce_lines, topic_partitions, KafkaSettings};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
