@@ -65,6 +65,7 @@ impl SourceSpec {
             partition: p,
             offset,
             max_ts: pos.and_then(|x| x.max_ts),
+            token: pos.and_then(|x| x.token.clone()),
         };
         match self {
             SourceSpec::Kafka(k) => {

@@ -179,6 +179,7 @@ impl Book {
                         partition: *partition,
                         offset: e.offset,
                         max_ts: e.max_ts,
+                        token: e.token.clone(),
                     },
                 );
                 v.drain(..valid - 1);

@@ -134,6 +134,10 @@ pub struct Position {
     /// The partition's largest accepted event time before `offset`.
     #[serde(default)]
     pub max_ts: Option<i64>,
+    /// The connector's resume token at `offset` (Kinesis: the sequence
+    /// number of the last record before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// One state snapshot file.
@@ -520,6 +524,7 @@ pub(crate) mod tests {
                     partition: 1,
                     offset: 99,
                     max_ts: Some(-4),
+                    token: Some("49590338271490256608559692538361571095921575989136588898".into()),
                 }],
                 state: vec![],
                 counts: Counts {

@@ -26,6 +26,10 @@ pub struct RawBatch {
     pub data: Vec<u8>,
     /// `(end in data, offset in the partition)` per record.
     pub records: Vec<(usize, u64)>,
+    /// A connector's own resume token, valid after the batch's last record
+    /// (a Kinesis sequence number): committed with the position and handed
+    /// back in [`PartitionStart::token`]. `None` keeps the previous one.
+    pub resume: Option<String>,
 }
 
 impl RawBatch {
@@ -36,6 +40,7 @@ impl RawBatch {
     pub fn clear(&mut self) {
         self.data.clear();
         self.records.clear();
+        self.resume = None;
     }
     pub fn len(&self) -> usize {
         self.records.len()
@@ -77,6 +82,9 @@ pub struct PartitionStart {
     pub offset: u64,
     /// The partition's `max_ts` just before `offset`.
     pub max_ts: Option<Millis>,
+    /// The connector's resume token at `offset`, if it uses one.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// A resume position, valid for every epoch boundary above `max_tick`:
@@ -87,6 +95,8 @@ pub struct PositionEntry {
     pub offset: u64,
     pub max_ts: Option<Millis>,
     pub max_tick: Tick,
+    /// The connector's resume token at `offset` ([`RawBatch::resume`]).
+    pub token: Option<String>,
 }
 
 pub struct SourceConfig {
@@ -128,6 +138,8 @@ pub struct PartitionStats {
 }
 
 struct Partition {
+    /// The resume token at `next_offset`.
+    token: Option<String>,
     start: PartitionStart,
     reader: Box<dyn PartitionReader>,
     max_ts: Option<Millis>,
@@ -180,6 +192,7 @@ pub fn source<'s>(
     let mut parts: Vec<Partition> = partitions
         .into_iter()
         .map(|(start, reader)| Partition {
+            token: start.token.clone(),
             max_ts: start.max_ts,
             next_offset: start.offset,
             max_tick: config.skip_below.saturating_sub(1),
@@ -220,6 +233,7 @@ pub fn source<'s>(
                         offset: p.next_offset,
                         max_ts: p.max_ts,
                         max_tick: p.max_tick,
+                        token: p.token.clone(),
                     });
                 }
             }
@@ -286,6 +300,9 @@ pub fn source<'s>(
                             continue;
                         }
                         progressed = true;
+                        if let Some(t) = batch.resume.take() {
+                            p.token = Some(t);
+                        }
                         p.idle = false;
                         p.last_data = Instant::now();
                         read += batch.len();
@@ -330,6 +347,7 @@ pub fn source<'s>(
                             offset: p.next_offset,
                             max_ts: p.max_ts,
                             max_tick: p.max_tick,
+                            token: p.token.clone(),
                         });
                         if read >= budget {
                             break 'outer;
@@ -475,6 +493,8 @@ mod tests {
                     Some(r) => {
                         batch.push(&r, self.1);
                         self.1 += 1;
+                        // A connector token, as Kinesis sequence numbers are.
+                        batch.resume = Some(format!("after-{}", self.1 - 1));
                     }
                     None => return Ok(Poll::Finished),
                 }
@@ -495,13 +515,14 @@ mod tests {
         Vec<(Tick, Vec<Txn>)>,
         Vec<(Tick, Vec<Reject>)>,
         std::collections::BTreeMap<u32, PartitionStats>,
+        Vec<PositionEntry>,
     );
 
     fn run(parts: Vec<Vec<Vec<u8>>>) -> Captured {
         let meter = std::sync::Arc::new(Meter::default());
         let m = meter.clone();
-        let (txns, rejects) = timely::execute_directly(move |worker| {
-            let (txns, rejects) = worker.dataflow::<Tick, _, _>(|scope| {
+        let (txns, rejects, positions) = timely::execute_directly(move |worker| {
+            let (txns, rejects, positions) = worker.dataflow::<Tick, _, _>(|scope| {
                 let readers: Vec<(PartitionStart, Box<dyn PartitionReader>)> = parts
                     .into_iter()
                     .enumerate()
@@ -510,6 +531,7 @@ mod tests {
                             partition: i as u32,
                             offset: 0,
                             max_ts: None,
+                            token: None,
                         };
                         (
                             start,
@@ -525,7 +547,7 @@ mod tests {
                     meter: m,
                     max_rate: None,
                 };
-                let (t, r, _) = source(
+                let (t, r, p) = source(
                     scope,
                     "test",
                     Params::default(),
@@ -533,10 +555,10 @@ mod tests {
                     readers,
                     ProbeHandle::new(),
                 );
-                (t.capture(), r.capture())
+                (t.capture(), r.capture(), p.capture())
             });
             while worker.step() {}
-            (txns, rejects)
+            (txns, rejects, positions)
         });
         fn messages<D>(rx: std::sync::mpsc::Receiver<Event<Tick, Vec<D>>>) -> Vec<(Tick, Vec<D>)> {
             rx.try_iter()
@@ -547,12 +569,16 @@ mod tests {
                 .collect()
         }
         let stats = meter.partitions.lock().unwrap().clone();
-        (messages(txns), messages(rejects), stats)
+        let positions = messages(positions)
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .collect();
+        (messages(txns), messages(rejects), stats, positions)
     }
 
     #[test]
     fn lateness_is_per_partition_and_rejects_sit_at_the_watermark() {
-        let (txns, rejects, stats) = run(vec![
+        let (txns, rejects, stats, positions) = run(vec![
             vec![
                 rec("a", 100),
                 rec("b", 95),
@@ -594,6 +620,20 @@ mod tests {
                 (90, RejectReason::Malformed, 3)
             ]
         );
+        // A connector's resume token travels with the position it belongs to.
+        let last = |p: u32| positions.iter().rfind(|e| e.partition == p).cloned();
+        assert_eq!(
+            last(0).map(|e| (e.offset, e.token)),
+            Some((5, Some("after-4".to_owned())))
+        );
+        assert_eq!(
+            last(1).map(|e| (e.offset, e.token)),
+            Some((1, Some("after-0".to_owned())))
+        );
+        assert!(positions.iter().all(|e| e
+            .token
+            .as_ref()
+            .is_none_or(|t| *t == format!("after-{}", e.offset - 1))));
         // Per-partition metrics: records and bytes read, position, watermark.
         let bytes0 = [
             rec("a", 100),
@@ -667,6 +707,7 @@ mod tests {
                                 partition: 0,
                                 offset: 0,
                                 max_ts: None,
+                                token: None,
                             },
                             Box::new(Stalling(busy, 0, stop.clone())),
                         ),
@@ -676,6 +717,7 @@ mod tests {
                                 partition: 1,
                                 offset: 0,
                                 max_ts: None,
+                                token: None,
                             },
                             Box::new(Stalling(VecDeque::new(), 0, stop.clone())),
                         ),
@@ -713,7 +755,7 @@ mod tests {
 
     #[test]
     fn rejects_before_any_watermark_sit_at_the_start_of_time() {
-        let (_, rejects, _) = run(vec![vec![b"[]".to_vec(), rec("a", 10)]]);
+        let (_, rejects, _, _) = run(vec![vec![b"[]".to_vec(), rec("a", 10)]]);
         assert_eq!(rejects.len(), 1);
         assert_eq!(rejects[0].0, Tick::MIN);
         assert_eq!(rejects[0].1[0].reason, RejectReason::Malformed);
