@@ -248,6 +248,9 @@ impl Throttle {
 #[derive(Default)]
 pub struct KafkaContext {
     throttle: Throttle,
+    /// Transient client errors seen (brokers down, transport failures):
+    /// readers that made no progress since one report `Unavailable`.
+    errors: std::sync::atomic::AtomicU64,
 }
 
 impl KafkaContext {
@@ -269,6 +272,8 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        self.errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = format!("{:?}", error.rdkafka_error_code());
         self.warn(&key, &format_args!("{error}: {reason}"));
     }
@@ -325,9 +330,9 @@ impl Shared {
             )),
             _ => {
                 let key = format!("{at}{:?}", e.rdkafka_error_code());
-                self.consumer
-                    .context()
-                    .warn(&key, &format_args!("{at}{e} (retrying)"));
+                let cx = self.consumer.context();
+                cx.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cx.warn(&key, &format_args!("{at}{e} (retrying)"));
                 Ok(())
             }
         }
@@ -345,9 +350,20 @@ pub struct KafkaReader {
     start: u64,
     next: u64,
     end: Option<u64>,
+    /// The client's error count when this partition last made progress (a
+    /// record or end of partition).
+    errors_at_progress: u64,
 }
 
 impl KafkaReader {
+    fn errors(&self) -> u64 {
+        self.shared
+            .consumer
+            .context()
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The job's partition number.
     pub fn index(&self) -> u32 {
         self.index
@@ -436,6 +452,7 @@ impl PartitionReader for KafkaReader {
                     reached_end = self.end.is_some_and(|e| self.next >= e);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {
+                    self.errors_at_progress = self.errors();
                     // Caught up. A bounded read may end in offsets that
                     // hold only control records: ask librdkafka's position.
                     if let Some(end) = self.end {
@@ -453,10 +470,17 @@ impl PartitionReader for KafkaReader {
         if reached_end {
             self.finish();
         }
+        if pushed > 0 {
+            self.errors_at_progress = self.errors();
+        }
         Ok(if pushed > 0 {
             Poll::Ready
         } else if self.queue.is_none() {
             Poll::Finished
+        } else if self.errors() > self.errors_at_progress {
+            // Errors since the last record or end of partition: the broker
+            // may hold records we cannot see, so this is not idleness.
+            Poll::Unavailable
         } else {
             Poll::Pending
         })
@@ -568,6 +592,7 @@ pub fn open_readers(
             start,
             next: start,
             end: p.end,
+            errors_at_progress: 0,
         });
     }
     if tpl.count() > 0 {

@@ -458,10 +458,12 @@ fn a_broker_restart_mid_read_loses_and_repeats_nothing() {
     assert_eq!(got.len(), 30);
 
     t.kill();
-    // While down: Ready with prefetched records, then only Pending; never
-    // an error, never Finished.
+    // While down: Ready with prefetched records, then Pending until the
+    // client notices, then Unavailable (not idleness); never an error,
+    // never Finished.
     let mut batch = RawBatch::default();
-    let mut pending = 0;
+    let mut unavailable = 0;
+    let mut last = Poll::Ready;
     let down_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < down_until {
         batch.clear();
@@ -470,13 +472,18 @@ fn a_broker_restart_mid_read_loses_and_repeats_nothing() {
             .expect("no error while the broker is down");
         got.extend(batch.iter().map(|(b, o)| (o, b.to_vec())));
         match poll {
-            Poll::Pending => pending += 1,
-            Poll::Ready => {}
+            Poll::Unavailable => unavailable += 1,
+            Poll::Pending | Poll::Ready => {}
             Poll::Finished => panic!("an unbounded read finished"),
         }
+        last = poll;
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(pending > 0, "never Pending while the broker was down");
+    assert!(
+        unavailable > 0,
+        "never Unavailable while the broker was down"
+    );
+    assert_eq!(last, Poll::Unavailable, "still down, so not idle");
     assert!(
         got.len() < 200,
         "all records were prefetched: the test shows nothing"

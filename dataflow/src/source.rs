@@ -58,12 +58,17 @@ impl RawBatch {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Poll {
     /// Records were appended (possibly none, if a bound was reached).
     Ready,
-    /// Nothing available right now; ask again later.
+    /// Nothing available right now; ask again later. After
+    /// `time.idle_timeout` of this, the partition is idle (SPEC 3).
     Pending,
+    /// The source cannot be reached right now (a broker is down): ask again
+    /// later, but do not count it as idleness — records may be waiting, and
+    /// letting the frontier pass them would make them late.
+    Unavailable,
     /// A bounded input has ended.
     Finished,
 }
@@ -288,6 +293,7 @@ pub fn source<'s>(
                             });
                         match poll {
                             Poll::Finished => p.finished = true,
+                            Poll::Unavailable => pending_any = true,
                             Poll::Pending => {
                                 pending_any = true;
                                 if !p.idle && p.last_data.elapsed() >= idle_timeout {
@@ -666,10 +672,13 @@ mod tests {
     }
 
     /// Serves its records, then has nothing (Pending) until `stop` is set.
+    /// Serves its records, then answers `.3` (Pending or Unavailable)
+    /// until `stop` is set.
     struct Stalling(
         VecDeque<Vec<u8>>,
         u64,
         std::sync::Arc<std::sync::atomic::AtomicBool>,
+        Poll,
     );
 
     impl PartitionReader for Stalling {
@@ -684,18 +693,36 @@ mod tests {
             } else if self.2.load(std::sync::atomic::Ordering::Relaxed) {
                 Ok(Poll::Finished)
             } else {
-                Ok(Poll::Pending)
+                Ok(self.3)
             }
         }
     }
 
     #[test]
     fn an_idle_partition_stops_holding_the_frontier_back() {
+        assert!(
+            frontier_passes_a_quiet_partition(Poll::Pending, Duration::from_secs(10)),
+            "the frontier stayed behind the idle partition"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_partition_is_not_idle() {
+        // Ten idle timeouts: an outage must hold the frontier, not skip it.
+        assert!(
+            !frontier_passes_a_quiet_partition(Poll::Unavailable, Duration::from_millis(500)),
+            "the frontier passed a partition that could not be read"
+        );
+    }
+
+    /// Whether the frontier passes partition 0's watermark within `wait`
+    /// while partition 1 answers only `quiet`.
+    fn frontier_passes_a_quiet_partition(quiet: Poll, wait: Duration) -> bool {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
         use timely::dataflow::operators::Probe;
         let stop = Arc::new(AtomicBool::new(false));
-        let reached = timely::execute_directly({
+        timely::execute_directly({
             let stop = stop.clone();
             move |worker| {
                 let probe = ProbeHandle::new();
@@ -709,7 +736,7 @@ mod tests {
                                 max_ts: None,
                                 token: None,
                             },
-                            Box::new(Stalling(busy, 0, stop.clone())),
+                            Box::new(Stalling(busy, 0, stop.clone(), Poll::Pending)),
                         ),
                         // Never produces anything while the test watches.
                         (
@@ -719,7 +746,7 @@ mod tests {
                                 max_ts: None,
                                 token: None,
                             },
-                            Box::new(Stalling(VecDeque::new(), 0, stop.clone())),
+                            Box::new(Stalling(VecDeque::new(), 0, stop.clone(), quiet)),
                         ),
                     ];
                     let params = Params {
@@ -740,7 +767,7 @@ mod tests {
                 });
                 // Partition 0's watermark is 200 s − 10 s; partition 1 has
                 // none, so only idleness lets the frontier get there.
-                let deadline = Instant::now() + Duration::from_secs(10);
+                let deadline = Instant::now() + wait;
                 while probe.less_than(&190) && Instant::now() < deadline {
                     worker.step_or_park(Some(Duration::from_millis(5)));
                 }
@@ -749,8 +776,7 @@ mod tests {
                 while worker.step_or_park(Some(Duration::from_millis(5))) {}
                 reached
             }
-        });
-        assert!(reached, "the frontier stayed behind the idle partition");
+        })
     }
 
     #[test]
