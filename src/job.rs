@@ -44,6 +44,27 @@ impl SourceSpec {
         }
     }
 
+    /// Where each partition ends, for sources that end at an offset.
+    fn ends(&self) -> Vec<Option<u64>> {
+        match self {
+            SourceSpec::Kafka(k) if k.parts.iter().any(|p| p.end.is_some()) => {
+                k.parts.iter().map(|p| p.end).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A restart keeps the ends its first start fixed.
+    fn keep_ends(&mut self, ends: &[Option<u64>]) {
+        if let SourceSpec::Kafka(k) = self {
+            for (p, e) in k.parts.iter_mut().zip(ends) {
+                if e.is_some() {
+                    p.end = *e;
+                }
+            }
+        }
+    }
+
     /// What each partition is, recorded in commits.
     fn describe(&self) -> Vec<String> {
         match self {
@@ -130,7 +151,7 @@ fn fingerprint(p: &Params) -> String {
     manifest::sha256_hex(&serde_json::to_vec(&p).expect("params encode"))
 }
 
-pub fn run(spec: JobSpec) -> Result<Summary> {
+pub fn run(mut spec: JobSpec) -> Result<Summary> {
     let started = Instant::now();
     let (peers, process) = crate::cluster::shape(&spec.timely);
     let st: Arc<dyn Storage> = storage::open_with(&spec.output, &spec.s3)?;
@@ -187,6 +208,7 @@ pub fn run(spec: JobSpec) -> Result<Summary> {
                 now.get(p.partition as usize).map_or("missing", |s| s.as_str())
             );
         }
+        spec.source.keep_ends(&m.job.ends);
         let positions = m.job.positions.len() as u32;
         if positions > spec.source.partitions() {
             bail!(
@@ -392,6 +414,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                     .unwrap_or_default(),
                 retain: sh.spec.retain,
                 inputs: sh.inputs.clone(),
+                ends: sh.spec.source.ends(),
             },
             sh.status.clone(),
             Box::new(move |m: &Manifest| {

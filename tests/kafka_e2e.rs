@@ -391,6 +391,7 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
     let out = tmp.join("out");
 
     let mut lag_seen = false;
+    let mut grew = false;
     common::kill_at_five_moments(
         || {
             run_cmd(&config, &out, &["-w", "2", "--rate", "6000"])
@@ -405,6 +406,16 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
                 .map(|o| o.unwrap_or(0))
                 .sum();
             lag_seen |= committed > 0 && committed < total;
+            // Records produced after the first start are past the run's
+            // end (`latest` as of its first start): restarts must not read
+            // them either.
+            if !grew {
+                grew = true;
+                let text = std::fs::read(&files[0]).unwrap();
+                let extra: Vec<&[u8]> = text.split(|b| *b == b'\n').take(500).collect();
+                let s = KafkaSettings::new(broker.brokers(), "late-producer");
+                produce_lines(&s, "payments", 0, &extra).unwrap();
+            }
         },
     );
     assert!(

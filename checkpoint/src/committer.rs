@@ -35,6 +35,8 @@ pub struct CommitterConfig {
     pub previous_positions: Vec<Position>,
     /// What each source partition is (`JobSection::inputs`).
     pub inputs: Vec<String>,
+    /// Where each partition of a bounded run ends (`JobSection::ends`).
+    pub ends: Vec<Option<u64>>,
     /// How many commits (with their state snapshots) to keep in the log.
     pub retain: u64,
 }
@@ -200,6 +202,7 @@ impl Book {
                 },
                 params_fingerprint: self.cfg.params_fingerprint.clone(),
                 inputs: self.cfg.inputs.clone(),
+                ends: self.cfg.ends.clone(),
             },
         );
         let t0 = std::time::Instant::now();

@@ -122,6 +122,11 @@ pub struct JobSection {
     /// mean the same partitions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<String>,
+    /// Where each partition of a bounded run ends (exclusive offset), as
+    /// fixed at the run's first start: restarts stop at the same place even
+    /// when the end was given as `latest`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ends: Vec<Option<u64>>,
 }
 
 /// The resume position of one source partition.
@@ -533,6 +538,7 @@ pub(crate) mod tests {
                 },
                 params_fingerprint: "fp".into(),
                 inputs: vec!["file:a.jsonl".into(), "file:b.jsonl".into()],
+                ends: vec![Some(120), None],
             },
         );
         let bytes = m.to_bytes().unwrap();
