@@ -151,6 +151,47 @@ fn fingerprint(p: &Params) -> String {
     manifest::sha256_hex(&serde_json::to_vec(&p).expect("params encode"))
 }
 
+/// Refuses a restore that would mix two computations in one output: other
+/// parameters or other inputs than the commit was made with. Keeps the
+/// bounded ends the first start fixed.
+fn check_resume(m: &Manifest, spec: &mut JobSpec, fp: &str, st: &dyn Storage) -> Result<()> {
+    if !m.job.params_fingerprint.is_empty() && m.job.params_fingerprint != fp {
+        bail!(
+            "the configuration that shapes state and outputs (windows, dedup horizon, tick, detectors) changed since epoch {} was committed to {}; \
+             restore with the same configuration, or write to a new output root",
+            m.epoch,
+            st.describe()
+        );
+    }
+    let now = spec.source.describe();
+    if let Some(p) = m.job.positions.iter().find(|p| {
+        m.job
+            .inputs
+            .get(p.partition as usize)
+            .is_some_and(|was| now.get(p.partition as usize) != Some(was))
+    }) {
+        bail!(
+            "the inputs changed since epoch {} was committed to {}: partition {} was {}, now {}; \
+             resume with the same inputs (the same files, or the same topics in the same order), or write to a new output root",
+            m.epoch,
+            st.describe(),
+            p.partition,
+            m.job.inputs[p.partition as usize],
+            now.get(p.partition as usize).map_or("missing", |s| s.as_str())
+        );
+    }
+    spec.source.keep_ends(&m.job.ends);
+    let positions = m.job.positions.len() as u32;
+    if positions > spec.source.partitions() {
+        bail!(
+            "epoch {} has positions for {positions} partitions but the input has {}: resume with the same inputs",
+            m.epoch,
+            spec.source.partitions()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(mut spec: JobSpec) -> Result<Summary> {
     let started = Instant::now();
     let (peers, process) = crate::cluster::shape(&spec.timely);
@@ -183,40 +224,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     )?;
     let fp = fingerprint(&spec.params);
     if let Some(m) = &resume {
-        if !m.job.params_fingerprint.is_empty() && m.job.params_fingerprint != fp {
-            bail!(
-                "the configuration that shapes state and outputs (windows, dedup horizon, tick, detectors) changed since epoch {} was committed to {}; \
-                 restore with the same configuration, or write to a new output root",
-                m.epoch,
-                st.describe()
-            );
-        }
-        let now = spec.source.describe();
-        if let Some(p) = m.job.positions.iter().find(|p| {
-            m.job
-                .inputs
-                .get(p.partition as usize)
-                .is_some_and(|was| now.get(p.partition as usize) != Some(was))
-        }) {
-            bail!(
-                "the inputs changed since epoch {} was committed to {}: partition {} was {}, now {}; \
-                 resume with the same inputs (the same files, or the same topics in the same order), or write to a new output root",
-                m.epoch,
-                st.describe(),
-                p.partition,
-                m.job.inputs[p.partition as usize],
-                now.get(p.partition as usize).map_or("missing", |s| s.as_str())
-            );
-        }
-        spec.source.keep_ends(&m.job.ends);
-        let positions = m.job.positions.len() as u32;
-        if positions > spec.source.partitions() {
-            bail!(
-                "epoch {} has positions for {positions} partitions but the input has {}: resume with the same inputs",
-                m.epoch,
-                spec.source.partitions()
-            );
-        }
+        check_resume(m, &mut spec, &fp, &*st)?;
     }
     if process == 0 {
         // Damaged commits make way for new commits of the same epochs.

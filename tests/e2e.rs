@@ -330,6 +330,35 @@ fn bad_configuration_fails_at_start_naming_the_problem() {
         !Path::new(out).join("manifests").exists(),
         "a failed start must not commit"
     );
+
+    // A restart over other inputs than the commits were made with.
+    let done = tmp.join("done");
+    common::run_ok(&[
+        "replay",
+        "--input",
+        &input,
+        "--output",
+        done.to_str().unwrap(),
+    ]);
+    let other = tmp.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let first = std::fs::read_dir(tmp.join("in"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&first, other.join("renamed.jsonl")).unwrap();
+    fails_with(
+        &[
+            "replay",
+            "--input",
+            other.join("renamed.jsonl").to_str().unwrap(),
+            "--output",
+            done.to_str().unwrap(),
+        ],
+        "the inputs changed",
+    );
 }
 
 #[test]
