@@ -1,7 +1,9 @@
 //! tidemark's sources: JSON Lines file replay, the built-in generator of
-//! synthetic payment events, and Kafka.
+//! synthetic payment events, Kafka, and Kinesis (with KPL de-aggregation).
 
 pub mod file;
 pub mod gen_source;
 pub mod generator;
 pub mod kafka;
+pub mod kinesis;
+pub mod kpl;
