@@ -1007,6 +1007,9 @@ pub struct ShardMetrics {
     /// Timeouts and transport errors.
     pub transient_errors: AtomicU64,
     pub expired_iterators: AtomicU64,
+    /// Records dropped because their sequence number was not above the last
+    /// one fetched (a server re-delivering; 0 unless something is wrong).
+    pub skipped_repeats: AtomicU64,
     /// Kinesis records fetched, and user records handed out.
     pub kinesis_records: AtomicU64,
     pub user_records: AtomicU64,
@@ -1021,6 +1024,7 @@ impl Default for ShardMetrics {
             throttled: AtomicU64::new(0),
             transient_errors: AtomicU64::new(0),
             expired_iterators: AtomicU64::new(0),
+            skipped_repeats: AtomicU64::new(0),
             kinesis_records: AtomicU64::new(0),
             user_records: AtomicU64::new(0),
             finished: AtomicBool::new(false),
@@ -1432,6 +1436,9 @@ impl KinesisShardReader {
         for r in page.records {
             if let Some(last) = &self.last_fetched {
                 if cmp_sequence(&r.sequence, last) != Ordering::Greater {
+                    self.metrics
+                        .skipped_repeats
+                        .fetch_add(1, AtomicOrdering::Relaxed);
                     let what = self.what();
                     self.log.warn(
                         &format!("{}/order", self.shard_id),
