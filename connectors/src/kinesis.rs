@@ -633,13 +633,26 @@ impl Lineage {
 /// Whether shard `shard_id` is closed and holds no record after `after` (a
 /// sequence number, e.g. a committed resume token; `None`: no record at
 /// all). For the job's cross-process lineage rule: a parent is done when
-/// this holds for its committed position. Reads at most a few pages.
+/// this holds for its committed position. Lists the shards (an open shard
+/// is never done), then follows the iterator until a record (not done) or
+/// the end of the closed shard (done): empty pages may come before the end,
+/// so only a null NextShardIterator counts.
 pub fn shard_read_to_end(
     client: &KinesisClient,
     stream: &str,
     shard_id: &str,
     after: Option<&str>,
 ) -> Result<bool> {
+    let shards = discover_shards(client, stream)?;
+    let Some(shard) = shards.iter().find(|s| s.id == shard_id) else {
+        bail!(
+            "Kinesis stream {stream} has no shard {shard_id} (trimmed past the retention \
+             period, or never existed)"
+        );
+    };
+    if !shard.closed {
+        return Ok(false);
+    }
     let mut api = SdkShardApi::new(client.clone(), stream);
     let start = match after {
         Some(s) => IteratorStart::AfterSequence(s.to_owned()),
@@ -656,15 +669,13 @@ pub fn shard_read_to_end(
         }
         match page.next_iterator {
             None => return Ok(true),
-            Some(next) if page.millis_behind.unwrap_or(0) > 0 => {
+            Some(next) => {
                 it = next;
                 std::thread::sleep(MIN_CALL_INTERVAL);
             }
-            // Open, and nothing after the position.
-            Some(_) => return Ok(false),
         }
     }
-    bail!("Kinesis stream {stream} shard {shard_id}: no end found after 100 empty pages")
+    bail!("Kinesis stream {stream} shard {shard_id}: closed, but no end after 100 empty pages")
 }
 
 /// Re-lists the shards every `interval` and reports the new ones.
@@ -1775,6 +1786,14 @@ mod tests {
             ending_sequence: None,
             closed: false,
         }
+    }
+
+    #[test]
+    fn readers_can_move_between_threads() {
+        fn send<T: Send + 'static>() {}
+        send::<KinesisShardReader>();
+        send::<KinesisClient>();
+        send::<Arc<Lineage>>();
     }
 
     #[test]

@@ -652,6 +652,46 @@ fn split_and_merge_while_producing_keep_every_key_in_order() {
 }
 
 #[test]
+fn a_parent_closed_long_after_its_last_record_is_read_to_its_end() {
+    let stream = "quiet";
+    let (_k, client, shards) = setup(stream, 1);
+    let s = &shards[0];
+    let values: Vec<Vec<u8>> = (0..5).map(|i| format!("q{i}").into_bytes()).collect();
+    let seqs = put_records_to_shard(&client, stream, 7, &refs(&values)).unwrap();
+    // Quiet for longer than the sequence numbers' 1 s resolution.
+    std::thread::sleep(Duration::from_millis(2100));
+    split_shard(&client, stream, &s.id, u128::MAX / 2).unwrap();
+    let after = discover_shards(&client, stream).unwrap();
+    assert!(after[0].closed && after[0].ending_sequence.is_some());
+    let lineage = Lineage::new();
+    // From the start and resumed at its last record: both finish.
+    let mut r = open(
+        &client,
+        stream,
+        &after[0],
+        &after,
+        (0, None),
+        config(StartAt::TrimHorizon),
+        &lineage,
+    );
+    assert_eq!(records(&read_to_end(&mut r, 10)), numbered(0, &values));
+    let unbounded = ShardReadConfig::default();
+    let resume = (5, Some(seqs[4].clone()));
+    let mut r = open(
+        &client, stream, &after[0], &after, resume, unbounded, &lineage,
+    );
+    assert_eq!(
+        records(&read_to_end(&mut r, 10)),
+        vec![],
+        "closed shard, resumed at its end"
+    );
+    assert!(shard_read_to_end(&client, stream, &after[0].id, Some(&seqs[4])).unwrap());
+    assert!(!shard_read_to_end(&client, stream, &after[0].id, Some(&seqs[3])).unwrap());
+    // The children are open: never read to their end.
+    assert!(!shard_read_to_end(&client, stream, &after[1].id, None).unwrap());
+}
+
+#[test]
 fn at_timestamp_latest_and_end_time_starts_and_stops() {
     let stream = "times";
     let (_k, client, shards) = setup(stream, 3);
