@@ -30,10 +30,6 @@
 
 use crate::storage::{validate_key, Storage};
 use anyhow::{anyhow, bail, Context, Result};
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
@@ -49,7 +45,7 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::runtime::Runtime;
+use tidemark_aws::{fallback_region, Limits, Rt};
 use tokio::sync::mpsc;
 
 /// Bodies up to this size go in one PutObject; larger ones are multipart.
@@ -69,12 +65,10 @@ const CONFLICT_RETRIES: u32 = 5;
 const BODY_RETRIES: u32 = 5;
 /// Chunks buffered between the download task and an [`Storage::open_read`] reader.
 const READ_AHEAD_CHUNKS: usize = 16;
-/// Worker threads of the private runtime (it only waits on sockets).
-const RUNTIME_THREADS: usize = 2;
 /// User metadata naming the conditional write that created an object.
 const TOKEN_META: &str = "tidemark-put-id";
 /// The region used when neither the options nor the SDK chain name one.
-pub const DEFAULT_REGION: &str = "us-east-1";
+pub use tidemark_aws::DEFAULT_REGION;
 
 /// Where and how to reach S3. [`S3Options::from_env`] is what
 /// [`crate::storage::open`] uses.
@@ -134,24 +128,6 @@ pub fn parse_url(url: &str) -> Result<(String, String)> {
     }
     validate_key(prefix).with_context(|| format!("prefix of {url:?}"))?;
     Ok((bucket.to_string(), format!("{prefix}/")))
-}
-
-/// The private runtime; shut down without blocking when the last user goes,
-/// so dropping a store never panics or stalls, wherever it happens.
-struct Rt(Option<Runtime>);
-
-impl Rt {
-    fn get(&self) -> &Runtime {
-        self.0.as_ref().expect("runtime is present until drop")
-    }
-}
-
-impl Drop for Rt {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 /// Storage under `s3://bucket/prefix`.
@@ -247,40 +223,21 @@ impl S3Storage {
     /// then.
     pub fn new(url: &str, opts: &S3Options) -> Result<S3Storage> {
         let (bucket, root) = parse_url(url)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_THREADS)
-            .thread_name("tidemark-s3")
-            .enable_all()
-            .build()
-            .context("starting the S3 client's runtime")?;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        // Without an explicit region the loader asks its default chain
-        // (environment, profile, IMDS), built on the same HTTP client.
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-        if let Some(r) = &opts.region {
-            loader = loader.region(Region::new(r.clone()));
-        }
-        let sdk = rt.block_on(
-            loader
-                .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(Duration::from_secs(5))
-                        .operation_attempt_timeout(Duration::from_secs(30))
-                        .operation_timeout(Duration::from_secs(120))
-                        .build(),
-                )
-                .load(),
-        );
+        let (sdk, rt) = tidemark_aws::load(
+            "tidemark-s3",
+            opts.region.as_deref(),
+            Limits {
+                max_attempts: MAX_ATTEMPTS,
+                connect: Duration::from_secs(5),
+                attempt: Duration::from_secs(30),
+                operation: Duration::from_secs(120),
+            },
+        )?;
         let endpoint_override = opts.endpoint.is_some() || sdk_endpoint_configured(&sdk);
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(opts.path_style.unwrap_or(endpoint_override));
-        if sdk.region().is_none() {
-            conf = conf.region(Region::from_static(DEFAULT_REGION));
+        if let Some(r) = fallback_region(&sdk) {
+            conf = conf.region(r);
         }
         if let Some(ep) = &opts.endpoint {
             conf = conf.endpoint_url(ep.clone());
@@ -289,7 +246,7 @@ impl S3Storage {
             bucket,
             root,
             client: Client::from_conf(conf.build()),
-            rt: Arc::new(Rt(Some(rt))),
+            rt,
         })
     }
 

@@ -109,20 +109,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::BehaviorVersion;
-use aws_sdk_kinesis::config::Region;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::{Blob, DateTime};
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use aws_sdk_kinesis::Client;
 use rand::{Rng, SeedableRng};
+use tidemark_aws::{fallback_region, Limits, Rt};
 use tidemark_dataflow::source::{PartitionReader, Poll, RawBatch};
-use tokio::runtime::Runtime;
 
 use crate::kpl;
 
 /// The region used when neither the settings nor the SDK chain name one.
-pub const DEFAULT_REGION: &str = "us-east-1";
+pub use tidemark_aws::DEFAULT_REGION;
 /// AWS's maximum records per GetRecords call.
 pub const MAX_RECORDS_PER_CALL: usize = 10_000;
 /// 5 GetRecords calls per second per shard.
@@ -134,8 +132,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts per request for calls the SDK retries (standard mode).
 const MAX_ATTEMPTS: u32 = 5;
-/// Worker threads of the private runtime (it only waits on sockets).
-const RUNTIME_THREADS: usize = 2;
 /// At most one log line per kind and shard in this interval.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -172,23 +168,6 @@ impl KinesisSettings {
     }
 }
 
-/// The private runtime; shut down without blocking when the last user goes.
-struct Rt(Option<Runtime>);
-
-impl Rt {
-    fn get(&self) -> &Runtime {
-        self.0.as_ref().expect("runtime is present until drop")
-    }
-}
-
-impl Drop for Rt {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
 /// An `aws-sdk-kinesis` client with its own small tokio runtime. Cheap to
 /// clone (one per process is enough); every call blocks the calling thread,
 /// which must not be a tokio runtime thread (timely workers are plain
@@ -213,36 +192,19 @@ impl KinesisClient {
     /// A client for `region` (else the SDK chain, else [`DEFAULT_REGION`])
     /// and `endpoint` (else the SDK's endpoint resolution).
     pub fn new(region: Option<&str>, endpoint: Option<&str>) -> Result<KinesisClient> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_THREADS)
-            .thread_name("tidemark-kinesis")
-            .enable_all()
-            .build()
-            .context("starting the Kinesis client's runtime")?;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-        if let Some(r) = region {
-            loader = loader.region(Region::new(r.to_owned()));
-        }
-        let sdk = rt.block_on(
-            loader
-                .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(Duration::from_secs(5))
-                        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                        .operation_timeout(Duration::from_secs(60))
-                        .build(),
-                )
-                .load(),
-        );
+        let (sdk, rt) = tidemark_aws::load(
+            "tidemark-kinesis",
+            region,
+            Limits {
+                max_attempts: MAX_ATTEMPTS,
+                connect: Duration::from_secs(5),
+                attempt: ATTEMPT_TIMEOUT,
+                operation: Duration::from_secs(60),
+            },
+        )?;
         let mut conf = aws_sdk_kinesis::config::Builder::from(&sdk);
-        if sdk.region().is_none() {
-            conf = conf.region(Region::from_static(DEFAULT_REGION));
+        if let Some(r) = fallback_region(&sdk) {
+            conf = conf.region(r);
         }
         if let Some(ep) = endpoint {
             conf = conf.endpoint_url(ep.to_owned());
@@ -255,7 +217,7 @@ impl KinesisClient {
         );
         Ok(KinesisClient {
             client: Client::from_conf(conf),
-            rt: Arc::new(Rt(Some(rt))),
+            rt,
             place: place.into(),
         })
     }
