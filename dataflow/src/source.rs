@@ -77,6 +77,21 @@ pub enum Poll {
 pub trait PartitionReader: 'static {
     /// Append up to `max` records to `batch`.
     fn poll(&mut self, max: usize, batch: &mut RawBatch) -> Result<Poll, String>;
+
+    /// Asked once, right after `poll` answered [`Poll::Finished`]: the
+    /// partitions that continue this one (the children of a closed Kinesis
+    /// shard), read from offset 0. Each starts with this partition's
+    /// `max_ts`, so it continues its lateness and never needs a time the
+    /// worker's capability has passed.
+    fn successors(&mut self) -> Result<Vec<Successor>, String> {
+        Ok(Vec::new())
+    }
+}
+
+/// A partition that continues a finished one ([`PartitionReader::successors`]).
+pub struct Successor {
+    pub partition: u32,
+    pub reader: Box<dyn PartitionReader>,
 }
 
 /// Where a partition starts, restored from a manifest or fresh.
@@ -262,6 +277,9 @@ pub fn source<'s>(
             let throttled = budget == 0;
             let mut read = 0usize;
             let mut pending_any = false;
+            // Successors of partitions finished in this activation, with
+            // the index of their parent.
+            let mut born: Vec<(Successor, usize)> = Vec::new();
             if !lagging && !throttled {
                 let floor = cap_time;
                 // Every live partition gets a fair share, starting where the
@@ -292,7 +310,15 @@ pub fn source<'s>(
                                 )
                             });
                         match poll {
-                            Poll::Finished => p.finished = true,
+                            Poll::Finished => {
+                                p.finished = true;
+                                let next = p.reader.successors().unwrap_or_else(|e| {
+                                    panic!("source input partition {}: {e}", p.start.partition)
+                                });
+                                for s in next {
+                                    born.push((s, idx));
+                                }
+                            }
                             Poll::Unavailable => pending_any = true,
                             Poll::Pending => {
                                 pending_any = true;
@@ -362,6 +388,40 @@ pub fn source<'s>(
                     if !progressed {
                         break;
                     }
+                }
+            }
+
+            // Successors join at their parent's max_ts, before the capability
+            // is recomputed, so it never passes a time they may still need.
+            if !born.is_empty() {
+                let mut s = pos_session.session(&*pos_cap);
+                for (succ, parent) in born {
+                    let max_ts = parts[parent].max_ts;
+                    let start = PartitionStart {
+                        partition: succ.partition,
+                        offset: 0,
+                        max_ts,
+                        token: None,
+                    };
+                    let p = Partition {
+                        token: None,
+                        max_ts,
+                        next_offset: 0,
+                        max_tick: config.skip_below.saturating_sub(1),
+                        start,
+                        reader: succ.reader,
+                        finished: false,
+                        idle: false,
+                        last_data: Instant::now(),
+                    };
+                    s.give(PositionEntry {
+                        partition: p.start.partition,
+                        offset: 0,
+                        max_ts,
+                        max_tick: p.max_tick,
+                        token: None,
+                    });
+                    parts.push(p);
                 }
             }
 
@@ -524,27 +584,38 @@ mod tests {
         Vec<PositionEntry>,
     );
 
+    type Readers = Vec<(PartitionStart, Box<dyn PartitionReader>)>;
+
+    fn fresh(partition: u32) -> PartitionStart {
+        PartitionStart {
+            partition,
+            offset: 0,
+            max_ts: None,
+            token: None,
+        }
+    }
+
     fn run(parts: Vec<Vec<Vec<u8>>>) -> Captured {
+        run_readers(move || {
+            parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, recs)| {
+                    (
+                        fresh(i as u32),
+                        Box::new(VecReader(recs.into(), 0)) as Box<dyn PartitionReader>,
+                    )
+                })
+                .collect()
+        })
+    }
+
+    fn run_readers(make: impl FnOnce() -> Readers + Send + Sync + 'static) -> Captured {
         let meter = std::sync::Arc::new(Meter::default());
         let m = meter.clone();
         let (txns, rejects, positions) = timely::execute_directly(move |worker| {
             let (txns, rejects, positions) = worker.dataflow::<Tick, _, _>(|scope| {
-                let readers: Vec<(PartitionStart, Box<dyn PartitionReader>)> = parts
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, recs)| {
-                        let start = PartitionStart {
-                            partition: i as u32,
-                            offset: 0,
-                            max_ts: None,
-                            token: None,
-                        };
-                        (
-                            start,
-                            Box::new(VecReader(recs.into(), 0)) as Box<dyn PartitionReader>,
-                        )
-                    })
-                    .collect();
+                let readers = make();
                 let config = SourceConfig {
                     batch: 2,
                     budget: 100,
@@ -669,6 +740,83 @@ mod tests {
                 watermark_ms: Some(40_000)
             })
         );
+    }
+
+    /// Serves its records, then finishes and hands over to `children`.
+    struct Parent(VecReader, Vec<(u32, Vec<Vec<u8>>)>);
+
+    impl PartitionReader for Parent {
+        fn poll(&mut self, max: usize, batch: &mut RawBatch) -> Result<Poll, String> {
+            self.0.poll(max, batch)
+        }
+        fn successors(&mut self) -> Result<Vec<Successor>, String> {
+            Ok(std::mem::take(&mut self.1)
+                .into_iter()
+                .map(|(partition, recs)| Successor {
+                    partition,
+                    reader: Box::new(VecReader(recs.into(), 0)),
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn successors_continue_their_parents_lateness_from_offset_zero() {
+        let (txns, rejects, _, positions) = run_readers(|| {
+            vec![
+                (
+                    fresh(0),
+                    Box::new(Parent(
+                        VecReader(vec![rec("a", 100), rec("b", 95)].into(), 0),
+                        vec![
+                            (5, vec![rec("c", 89), rec("d", 91), rec("e", 50)]),
+                            (6, vec![rec("f", 120)]),
+                        ],
+                    )) as Box<dyn PartitionReader>,
+                ),
+                (
+                    fresh(1),
+                    Box::new(VecReader(vec![rec("g", 200)].into(), 0)),
+                ),
+            ]
+        });
+        let mut kept: Vec<(Tick, String, u32, u64)> = txns
+            .iter()
+            .flat_map(|(t, v)| {
+                v.iter()
+                    .map(move |x| (*t, x.transaction_id().to_owned(), x.partition, x.offset))
+            })
+            .collect();
+        kept.sort();
+        let k = |t: Tick, id: &str, p: u32, o: u64| (t, id.to_owned(), p, o);
+        // d (91 s) is on time against the parent's watermark (90 s), and
+        // goes out at its own tick although partition 1 is at 190 s: the
+        // capability waited for the successors.
+        assert_eq!(
+            kept,
+            vec![
+                k(91, "d", 5, 1),
+                k(95, "b", 0, 1),
+                k(100, "a", 0, 0),
+                k(120, "f", 6, 0),
+                k(200, "g", 1, 0)
+            ]
+        );
+        // c and e would be on time in a fresh partition; they are late
+        // against the inherited watermark.
+        let rej: Vec<(u32, u64, RejectReason)> = rejects
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|x| (x.partition, x.offset, x.reason)))
+            .collect();
+        assert_eq!(
+            rej,
+            vec![(5, 0, RejectReason::Late), (5, 2, RejectReason::Late)]
+        );
+        // Each successor is announced at offset 0 with the inherited max_ts.
+        for p in [5, 6] {
+            let first = positions.iter().find(|e| e.partition == p).unwrap();
+            assert_eq!((first.offset, first.max_ts), (0, Some(100_000)), "{p}");
+        }
     }
 
     /// Serves its records, then has nothing (Pending) until `stop` is set.
