@@ -86,6 +86,14 @@ pub fn timely_config(args: &ClusterArgs, file: &ClusterSection) -> Result<timely
 }
 
 /// Total workers and this process's index, from a timely configuration.
+/// The number of processes of the cluster.
+pub fn processes(cfg: &timely::Config) -> usize {
+    match &cfg.communication {
+        CommunicationConfig::Cluster { addresses, .. } => addresses.len(),
+        _ => 1,
+    }
+}
+
 pub fn shape(cfg: &timely::Config) -> (usize, usize) {
     match &cfg.communication {
         CommunicationConfig::Thread => (1, 0),

@@ -31,6 +31,8 @@ pub struct Config {
     pub storage: StorageSection,
     #[serde(default)]
     pub kafka: KafkaSection,
+    #[serde(default)]
+    pub kinesis: KinesisSection,
     #[serde(default = "default_windows")]
     pub windows: Vec<WindowSection>,
     #[serde(default)]
@@ -191,6 +193,57 @@ impl Default for KafkaSection {
             alerts_topic: None,
             dead_letter_topic: None,
         }
+    }
+}
+
+/// The Kinesis source (`source.kind = "kinesis"`), and the connection
+/// settings of `tidemark replay --kinesis`. Credentials come from the
+/// standard AWS chain (environment, profile, web identity, instance
+/// metadata), never from this file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KinesisSection {
+    pub stream: String,
+    /// Unset: the SDK chain (`AWS_REGION`, profile), else us-east-1.
+    pub region: Option<String>,
+    /// Endpoint override (a Kinesis-compatible server, a VPC endpoint).
+    /// Unset: `AWS_ENDPOINT_URL_KINESIS`, `AWS_ENDPOINT_URL`, else AWS.
+    pub endpoint: Option<String>,
+    /// Where shards without a checkpoint start: `trim_horizon`, `latest`,
+    /// an RFC 3339 time or Unix ms (arrival time, AT_TIMESTAMP).
+    pub start: String,
+    /// Bounded runs stop before records that arrived at or after this time
+    /// (`now`, RFC 3339 or Unix ms). Unset: the job follows the stream.
+    pub end: Option<String>,
+}
+impl Default for KinesisSection {
+    fn default() -> Self {
+        KinesisSection {
+            stream: String::new(),
+            region: None,
+            endpoint: None,
+            start: "trim_horizon".into(),
+            end: None,
+        }
+    }
+}
+
+impl KinesisSection {
+    /// Connection settings, with `stream` instead of `kinesis.stream` when given.
+    pub fn settings(
+        &self,
+        stream: Option<&str>,
+    ) -> Result<tidemark_connectors::kinesis::KinesisSettings> {
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                bail!("kinesis.endpoint = {e:?}: give a URL such as https://kinesis.eu-west-1.amazonaws.com or http://127.0.0.1:4567");
+            }
+        }
+        Ok(tidemark_connectors::kinesis::KinesisSettings {
+            stream: stream.unwrap_or(&self.stream).to_owned(),
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+        })
     }
 }
 

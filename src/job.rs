@@ -26,13 +26,17 @@ use crate::background::Background;
 use crate::inputs::Input;
 use crate::kafka_job::{offset_mirror, KafkaSource};
 use crate::kafka_sinks::{self, SinkTopics};
+use crate::kinesis_job::ShardLog;
 use crate::progress::{Latency, Progress, Summary};
 use tidemark_connectors::kafka::KafkaSettings;
+use tidemark_connectors::kinesis_stream::StreamSource;
 
 pub enum SourceSpec {
     Files(Vec<Input>),
     Generator(GenConfig),
     Kafka(KafkaSource),
+    /// Shards appear while running; all are read by process 0's workers.
+    Kinesis(Arc<StreamSource>),
 }
 
 impl SourceSpec {
@@ -41,6 +45,15 @@ impl SourceSpec {
             SourceSpec::Files(f) => f.len() as u32,
             SourceSpec::Generator(g) => g.partitions,
             SourceSpec::Kafka(k) => k.parts.len() as u32,
+            SourceSpec::Kinesis(k) => k.describe().len() as u32,
+        }
+    }
+
+    /// The partitions opened at start, given the committed ones.
+    fn plan(&self, committed: &[Position]) -> Vec<u32> {
+        match self {
+            SourceSpec::Kinesis(k) => k.plan(&committed.iter().map(|p| p.partition).collect()),
+            _ => (0..self.partitions()).collect(),
         }
     }
 
@@ -73,6 +86,7 @@ impl SourceSpec {
                 .map(|p| format!("generator:{}/{p}", g.seed))
                 .collect(),
             SourceSpec::Kafka(k) => k.describe(),
+            SourceSpec::Kinesis(k) => k.describe(),
         }
     }
 
@@ -109,6 +123,14 @@ impl SourceSpec {
                     })
                     .collect())
             }
+            SourceSpec::Kinesis(k) => mine
+                .iter()
+                .map(|&(p, pos)| {
+                    let (offset, token) = pos.map_or((0, None), |x| (x.offset, x.token.clone()));
+                    let reader = k.open(p, (offset, token))?;
+                    Ok((start(p, pos, reader.next_offset()), Box::new(reader) as _))
+                })
+                .collect(),
             _ => mine
                 .iter()
                 .map(|&(p, pos)| {
@@ -116,7 +138,7 @@ impl SourceSpec {
                     let reader: Box<dyn PartitionReader> = match self {
                         SourceSpec::Files(f) => Box::new(f[p as usize].open(offset)?),
                         SourceSpec::Generator(g) => Box::new(GenReader::open(g, p, offset)),
-                        SourceSpec::Kafka(_) => unreachable!(),
+                        SourceSpec::Kafka(_) | SourceSpec::Kinesis(_) => unreachable!(),
                     };
                     Ok((start(p, pos, offset), reader))
                 })
@@ -182,7 +204,8 @@ fn check_resume(m: &Manifest, spec: &mut JobSpec, fp: &str, st: &dyn Storage) ->
     }
     spec.source.keep_ends(&m.job.ends);
     let positions = m.job.positions.len() as u32;
-    if positions > spec.source.partitions() {
+    // Kinesis positions name shards, some of which may be trimmed away.
+    if !matches!(spec.source, SourceSpec::Kinesis(_)) && positions > spec.source.partitions() {
         bail!(
             "epoch {} has positions for {positions} partitions but the input has {}: resume with the same inputs",
             m.epoch,
@@ -259,7 +282,17 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         _ => None,
     };
     let inputs = spec.source.describe();
+    let planned = spec
+        .source
+        .plan(resume.as_ref().map_or(&[][..], |m| &m.job.positions));
+    let shard_log = match (&spec.source, process) {
+        (SourceSpec::Kinesis(k), 0) => Some(Mutex::new(ShardLog::new(k.clone(), meter.clone()))),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
+        processes: crate::cluster::processes(&spec.timely),
+        planned,
+        shard_log,
         mirror,
         sinks,
         inputs,
@@ -325,6 +358,11 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
 }
 
 struct Shared {
+    processes: usize,
+    /// The partitions opened at start ([`SourceSpec::plan`]).
+    planned: Vec<u32>,
+    /// Logs Kinesis shard metrics after commits.
+    shard_log: Option<Mutex<ShardLog>>,
     /// Mirrors committed Kafka positions to the group's offsets.
     mirror: Option<Background<Vec<Position>>>,
     /// Publishes committed epochs to the Kafka sinks.
@@ -351,8 +389,18 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
     let skip_below = restored.boundary.unwrap_or(Tick::MIN);
 
     // Partitions are assigned by a fixed function of (partition, workers).
-    let mine: Vec<(u32, Option<&Position>)> = (0..sh.spec.source.partitions())
-        .filter(|p| *p as usize % peers == index)
+    // A Kinesis stream is read by process 0's workers: a child shard joins
+    // the worker of its parent and waits for its other parent through
+    // memory shared by the process.
+    let readers_count = match sh.spec.source {
+        SourceSpec::Kinesis(_) => peers / sh.processes,
+        _ => peers,
+    };
+    let mine: Vec<(u32, Option<&Position>)> = sh
+        .planned
+        .iter()
+        .copied()
+        .filter(|p| index < readers_count && *p as usize % readers_count == index)
         .map(|p| {
             let pos = sh
                 .resume
@@ -375,7 +423,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                 max_lag_ticks: 30,
                 skip_below,
                 meter: sh.meter.clone(),
-                max_rate: sh.spec.max_rate.map(|r| (r / peers as u64).max(1)),
+                max_rate: sh.spec.max_rate.map(|r| (r / readers_count as u64).max(1)),
             },
             readers,
             probe.clone(),
@@ -431,6 +479,9 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                 }
                 if let Some(sinks) = &sh2.sinks {
                     sinks.send(m.clone());
+                }
+                if let Some(log) = &sh2.shard_log {
+                    log.lock().unwrap().maybe_log();
                 }
                 // Every batch read with ticks below the epoch is now committed.
                 let epoch = m.epoch;

@@ -8,6 +8,7 @@ mod inspect;
 mod job;
 mod kafka_job;
 mod kafka_sinks;
+mod kinesis_job;
 mod progress;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use crate::config::Config;
 use crate::job::{JobSpec, SourceSpec};
 use crate::kafka_job::KafkaSource;
 use tidemark_connectors::kafka::KafkaSettings;
+use tidemark_connectors::kinesis_stream::StreamSource;
 
 // Records are small and short-lived across many threads: mimalloc's
 // thread-local free lists cost far less than the system allocator here.
@@ -88,22 +90,27 @@ struct RunArgs {
 struct ReplayArgs {
     /// Input files, S3 objects or glob patterns (quote globs), e.g.
     /// 'data/*.jsonl.gz' or 's3://bucket/prefix/*.jsonl.gz'.
-    #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka", num_args = 1..)]
+    #[arg(long, required_unless_present_any = ["kafka", "kinesis"], conflicts_with_all = ["kafka", "kinesis"], num_args = 1..)]
     input: Vec<String>,
     /// Replay a fixed range of Kafka topics instead: the bootstrap servers
     /// (other connection settings from the config's [kafka]).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kinesis")]
     kafka: Option<String>,
+    /// Replay a time range of a Kinesis stream instead: the stream name
+    /// (region and endpoint from the config's [kinesis], else the AWS
+    /// environment).
+    #[arg(long)]
+    kinesis: Option<String>,
     /// Kafka topic to replay (repeat for several; default: kafka.topics).
     #[arg(long, requires = "kafka")]
     topic: Vec<String>,
-    /// Start of the range: earliest, an RFC 3339 time, Unix ms, or offsets
-    /// `topic:partition=offset,…`.
-    #[arg(long, requires = "kafka", default_value = "earliest")]
+    /// Start of the range: earliest (Kinesis: trim_horizon), an RFC 3339
+    /// time, Unix ms, or Kafka offsets `topic:partition=offset,…`.
+    #[arg(long, default_value = "earliest")]
     from: String,
-    /// End of the range (exclusive): latest (the end when the replay starts),
-    /// a time, or offsets.
-    #[arg(long, requires = "kafka", default_value = "latest")]
+    /// End of the range (exclusive): latest or now (when the replay
+    /// starts), a time, or Kafka offsets. Kinesis times are arrival times.
+    #[arg(long, default_value = "latest")]
     to: String,
     /// Output root.
     #[arg(long)]
@@ -202,6 +209,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "files" => SourceSpec::Files(
                     inputs::expand(&cfg.source.paths, &cfg.s3_options()).context("source.paths")?,
                 ),
+                "kinesis" => {
+                    let k = &cfg.kinesis;
+                    let start = kinesis_job::parse_start("kinesis.start", &k.start)?;
+                    let end = k
+                        .end
+                        .as_deref()
+                        .map(|e| kinesis_job::parse_end("kinesis.end", e))
+                        .transpose()?;
+                    SourceSpec::Kinesis(StreamSource::connect(&k.settings(None)?, start, end)?)
+                }
                 "kafka" => {
                     let k = &cfg.kafka;
                     let start = kafka_job::parse_bound("kafka.start", &k.start, &k.topics)?;
@@ -218,7 +235,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     )?)
                 }
                 other => anyhow::bail!(
-                    "source.kind = {other:?}: use \"generator\", \"files\" or \"kafka\""
+                    "source.kind = {other:?}: use \"generator\", \"files\", \"kafka\" or \"kinesis\""
                 ),
             };
             run(&cfg, a.cluster, source, output, a.rate, None)
@@ -229,8 +246,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 None => Config::parse("")?,
             };
             progress::init_logging(&cfg.job.log);
-            let source = match &a.kafka {
-                Some(brokers) => {
+            if a.kafka.is_none()
+                && a.kinesis.is_none()
+                && (a.from != "earliest" || a.to != "latest")
+            {
+                anyhow::bail!(
+                    "--from and --to bound a --kafka or --kinesis replay; files are replayed whole"
+                );
+            }
+            let source = match (&a.kafka, &a.kinesis) {
+                (None, Some(stream)) => {
+                    let start = kinesis_job::parse_start("--from", &a.from)?;
+                    let end = kinesis_job::parse_end("--to", &a.to)?;
+                    SourceSpec::Kinesis(StreamSource::connect(
+                        &cfg.kinesis.settings(Some(stream))?,
+                        start,
+                        Some(end),
+                    )?)
+                }
+                (Some(brokers), _) => {
                     let topics = if a.topic.is_empty() {
                         cfg.kafka.topics.clone()
                     } else {
@@ -245,7 +279,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         Some(&end),
                     )?)
                 }
-                None => SourceSpec::Files(inputs::expand(&a.input, &cfg.s3_options())?),
+                (None, None) => SourceSpec::Files(inputs::expand(&a.input, &cfg.s3_options())?),
             };
             run(
                 &cfg,

@@ -6,4 +6,5 @@ pub mod gen_source;
 pub mod generator;
 pub mod kafka;
 pub mod kinesis;
+pub mod kinesis_stream;
 pub mod kpl;
