@@ -774,10 +774,7 @@ mod tests {
                         ],
                     )) as Box<dyn PartitionReader>,
                 ),
-                (
-                    fresh(1),
-                    Box::new(VecReader(vec![rec("g", 200)].into(), 0)),
-                ),
+                (fresh(1), Box::new(VecReader(vec![rec("g", 200)].into(), 0))),
             ]
         });
         let mut kept: Vec<(Tick, String, u32, u64)> = txns
