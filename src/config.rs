@@ -234,11 +234,6 @@ impl KinesisSection {
         &self,
         stream: Option<&str>,
     ) -> Result<tidemark_connectors::kinesis::KinesisSettings> {
-        if let Some(e) = &self.endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                bail!("kinesis.endpoint = {e:?}: give a URL such as https://kinesis.eu-west-1.amazonaws.com or http://127.0.0.1:4567");
-            }
-        }
         Ok(tidemark_connectors::kinesis::KinesisSettings {
             stream: stream.unwrap_or(&self.stream).to_owned(),
             region: self.region.clone(),
@@ -386,6 +381,19 @@ impl Config {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 bail!("storage.endpoint = {e:?} is not an http:// or https:// URL");
             }
+        }
+        let k = &cfg.kinesis;
+        if let Some(e) = &k.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                bail!("kinesis.endpoint = {e:?} is not an http:// or https:// URL, such as https://kinesis.eu-west-1.amazonaws.com or http://127.0.0.1:4567");
+            }
+        }
+        crate::kinesis_job::parse_start("kinesis.start", &k.start)?;
+        if let Some(e) = &k.end {
+            crate::kinesis_job::parse_end("kinesis.end", e)?;
+        }
+        if cfg.source.kind == "kinesis" && k.stream.trim().is_empty() {
+            bail!("source.kind = \"kinesis\" but kinesis.stream is empty: name the stream to read, e.g. [kinesis] stream = \"payments\"");
         }
         Ok(cfg)
     }
@@ -607,6 +615,19 @@ mod tests {
             Config::parse("[dedup]\nhorizon = '10 minutes'\n").unwrap_err()
         );
         assert!(e.contains("dedup.horizon"), "{e}");
+        for (text, needle) in [
+            (
+                "[kinesis]\nendpoint = 'localhost:4567'\n",
+                "kinesis.endpoint",
+            ),
+            ("[kinesis]\nstart = 'yesterday'\n", "kinesis.start"),
+            ("[kinesis]\nend = 'soon'\n", "kinesis.end"),
+            ("[kinesis]\nshards = 4\n", "shards"),
+            ("[source]\nkind = 'kinesis'\n", "kinesis.stream"),
+        ] {
+            let e = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(e.contains(needle), "{text}: {e}");
+        }
         assert_eq!(duration_ms("x", "1500ms").unwrap(), 1500);
         assert_eq!(duration_ms("x", "2h").unwrap(), 7_200_000);
     }

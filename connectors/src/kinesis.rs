@@ -33,7 +33,10 @@
 //!   reader of a process, across worker threads. A reader marks its
 //!   partition finished when it returns [`Poll::Finished`] (closed shard read
 //!   to the end, or a bound reached); a child reader answers
-//!   [`Poll::Pending`] until all of its waited-on parents are in the set.
+//!   [`Poll::Unavailable`] until all of its waited-on parents are in the
+//!   set: its records may be waiting, so it is not idle and keeps holding
+//!   the watermark (an idle child would let the frontier pass records a
+//!   parent's backlog keeps it from reading).
 //!   A child waits only on parents present in the listing it was opened with
 //!   (a parent trimmed past the retention period has nothing left to read),
 //!   and a child resumed with a token waits on nobody (it was read before,
@@ -1529,7 +1532,7 @@ impl PartitionReader for KinesisShardReader {
         }
         if !self.wait_for.is_empty() {
             if !self.lineage.all_finished(&self.wait_for) {
-                return Ok(Poll::Pending);
+                return Ok(Poll::Unavailable);
             }
             self.wait_for.clear();
         }
@@ -2141,7 +2144,7 @@ mod tests {
         )
         .unwrap();
         let mut batch = RawBatch::default();
-        assert_eq!(child.poll(2, &mut batch).unwrap(), Poll::Pending);
+        assert_eq!(child.poll(2, &mut batch).unwrap(), Poll::Unavailable);
         assert!(child.waiting_for_parents());
         assert!(
             child_api.iterators.lock().unwrap().is_empty(),
