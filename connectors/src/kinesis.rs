@@ -38,33 +38,28 @@
 //!   the watermark (an idle child would let the frontier pass records a
 //!   parent's backlog keeps it from reading).
 //!   A child waits only on parents present in the listing it was opened with
-//!   (a parent trimmed past the retention period has nothing left to read),
-//!   and a child resumed with a token waits on nobody (it was read before,
-//!   so its parents were finished then).
-//! - [`assign_worker`]: a shard goes to the worker of its *root ancestor*
-//!   along the first-parent chain (`ParentShardId`), so a split's children
-//!   are on their parent's worker. A merge's second parent
-//!   (`AdjacentParentShardId`) may be on another worker: within one process
-//!   the shared [`Lineage`] covers it.
-//! - **Across processes** nothing is shared automatically: a child whose
-//!   parent is read by another process waits until the job calls
-//!   [`Lineage::mark_finished`] for that parent. The job can decide that
-//!   from its committed positions with [`shard_read_to_end`] (the parent is
-//!   closed and nothing follows the committed sequence number). Without
-//!   that, such a child waits forever; keeping all workers in one process,
-//!   or assigning whole lineage families to one process, avoids it.
+//!   (a parent trimmed past the retention period has nothing left to read).
+//!   A resumed child waits too: a commit may hold a child's position from
+//!   after its parents ended while a parent's own position in it is older
+//!   (positions commit once all their records are below the epoch), and
+//!   the parent, resumed there, must end again first.
+//! - Which worker reads which shard, and when a child is opened, is
+//!   [`crate::kinesis_stream`]'s business: all readers of a stream live in
+//!   one process, sharing one [`Lineage`]. Across processes nothing would
+//!   be shared: [`shard_read_to_end`] tells from a committed position
+//!   whether a parent read elsewhere is done.
 //! - Readers of the parents must exist in the process (a parent already
 //!   finished before a restart finishes again at once when resumed from its
 //!   committed token), or the job marks them finished itself.
 //!
 //! # New shards while running
 //!
-//! [`ShardWatcher`] re-lists the shards every interval and reports the ones
-//! not seen before; the job decides how to add readers for them (they must
-//! start at [`StartAt::TrimHorizon`], whatever the configured start, or
-//! records between the resharding and the discovery are lost). Bounded
-//! reads do not depend on discovery: list once and read every listed
-//! shard; children created after the listing are not read.
+//! Every shard created in a live stream has a parent, so the job picks new
+//! shards up when their first parent ends ([`crate::kinesis_stream`]),
+//! listing the stream again then. [`ShardWatcher`] re-lists on an interval
+//! instead (for tools and tests). A child must start at
+//! [`StartAt::TrimHorizon`] whatever the configured start, or records put
+//! between the resharding and its discovery are lost.
 //!
 //! # Reading within the limits
 //!
@@ -537,32 +532,6 @@ fn collect_pages(
     let mut shards: Vec<ShardInfo> = by_id.into_values().collect();
     shards.sort_by_key(|s| s.partition);
     Ok(shards)
-}
-
-/// The partition of `shard`'s root ancestor along the first-parent chain
-/// (`ParentShardId`), as far as `shards` (a listing) knows it.
-pub fn root_ancestor(shard: &ShardInfo, shards: &[ShardInfo]) -> u32 {
-    let by_partition: HashMap<u32, &ShardInfo> = shards.iter().map(|s| (s.partition, s)).collect();
-    let mut root = shard;
-    // Parents are older shards; the bound only guards against a bad listing.
-    for _ in 0..shards.len() + 1 {
-        match root.parents.first().and_then(|p| by_partition.get(p)) {
-            Some(parent) => root = parent,
-            None => break,
-        }
-    }
-    root.partition
-}
-
-/// The worker (`0..workers`) that reads `shard`: its root ancestor's
-/// partition number modulo `workers`. A split's children land on their
-/// parent's worker; a merge's child on its first parent's (the adjacent
-/// parent may be elsewhere; see the module docs). Stable across restarts
-/// and resharding as long as the ancestors stay listed (a root trimmed past
-/// the retention period makes its oldest listed descendant the root).
-pub fn assign_worker(shard: &ShardInfo, shards: &[ShardInfo], workers: usize) -> usize {
-    assert!(workers > 0, "assign_worker needs at least one worker");
-    root_ancestor(shard, shards) as usize % workers
 }
 
 /// Partitions of a process whose shards have been read to their end (or to
@@ -1110,16 +1079,12 @@ impl KinesisShardReader {
                 config.limits.max_records_per_call
             );
         }
-        let wait_for = if token.is_some() {
-            Vec::new()
-        } else {
-            shard
-                .parents
-                .iter()
-                .copied()
-                .filter(|p| listing.iter().any(|s| s.partition == *p))
-                .collect()
-        };
+        let wait_for: Vec<u32> = shard
+            .parents
+            .iter()
+            .copied()
+            .filter(|p| listing.iter().any(|s| s.partition == *p))
+            .collect();
         let skip_before_ms = match (&token, &config.start) {
             (None, StartAt::AtTimestamp(ms)) => Some(*ms),
             _ => None,
@@ -1877,30 +1842,6 @@ mod tests {
         // A server repeating a token would loop forever: refused.
         let mut looping = |_: Option<&str>| Ok((vec![shard(0, &[])], Some("same".to_owned())));
         assert!(collect_pages(&mut looping).is_err());
-    }
-
-    #[test]
-    fn families_go_to_their_root_ancestors_worker() {
-        // 0 split into 3 and 4; 3 split into 5 and 6; 1 and 2 merged into 7.
-        let shards = vec![
-            shard(0, &[]),
-            shard(1, &[]),
-            shard(2, &[]),
-            shard(3, &[0]),
-            shard(4, &[0]),
-            shard(5, &[3]),
-            shard(6, &[3]),
-            shard(7, &[1, 2]),
-        ];
-        let roots: Vec<u32> = shards.iter().map(|s| root_ancestor(s, &shards)).collect();
-        assert_eq!(roots, vec![0, 1, 2, 0, 0, 0, 0, 1]);
-        let w: Vec<usize> = shards
-            .iter()
-            .map(|s| assign_worker(s, &shards, 2))
-            .collect();
-        assert_eq!(w, vec![0, 1, 0, 0, 0, 0, 0, 1]);
-        // With the root trimmed away, the oldest listed ancestor is the root.
-        assert_eq!(root_ancestor(&shards[5], &shards[1..]), 3);
     }
 
     #[test]
