@@ -63,6 +63,43 @@ impl Status {
     }
 }
 
+/// A merchant's risk tier (SPEC 9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RiskTier {
+    Low,
+    Medium,
+    High,
+}
+
+impl RiskTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskTier::Low => "LOW",
+            RiskTier::Medium => "MEDIUM",
+            RiskTier::High => "HIGH",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "LOW" => Some(RiskTier::Low),
+            "MEDIUM" => Some(RiskTier::Medium),
+            "HIGH" => Some(RiskTier::High),
+            _ => None,
+        }
+    }
+}
+
+/// One version of a merchant in the reference table (SPEC 9), valid from
+/// its event time `valid_from` until the merchant's next version.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MerchantRow {
+    pub merchant: String,
+    pub valid_from: Millis,
+    pub merchant_category: String,
+    pub risk_tier: RiskTier,
+    pub country: String,
+}
+
 /// Why a record went to `rejects`, in SPEC precedence order (first wins).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RejectReason {

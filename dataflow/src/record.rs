@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use crate::event::{Currency, Millis, RejectReason, Status, Txn, TxnText};
+use crate::event::{Currency, MerchantRow, Millis, RejectReason, RiskTier, Status, Txn, TxnText};
 use crate::rfc3339::parse_rfc3339_ms;
 
 /// Deepest container nesting accepted; the record's object is depth 1.
@@ -56,8 +56,80 @@ pub fn parse_record(
         pos: 0,
         keys: Vec::new(),
     };
-    let fields = parser.record().map_err(|_| RejectReason::Malformed)?;
+    let fields = parser
+        .record(required_slot, true)
+        .map_err(|_| RejectReason::Malformed)?;
     fields.validate(partition, offset)
+}
+
+const MR_MERCHANT: usize = 0;
+const MR_VALID_FROM: usize = 1;
+const MR_CATEGORY: usize = 2;
+const MR_RISK_TIER: usize = 3;
+const MR_COUNTRY: usize = 4;
+
+fn merchant_slot(key: &str) -> Option<usize> {
+    Some(match key {
+        "merchant" => MR_MERCHANT,
+        "valid_from" => MR_VALID_FROM,
+        "merchant_category" => MR_CATEGORY,
+        "risk_tier" => MR_RISK_TIER,
+        "country" => MR_COUNTRY,
+        _ => return None,
+    })
+}
+
+/// Validates one row of the merchants reference table (SPEC 9) with the
+/// reason codes of SPEC 2 that apply, in their order: `TOO_LARGE`,
+/// `MALFORMED`, `MISSING_FIELD` (any of the five absent or null),
+/// `BAD_FIELD` (a text field not a string, a risk tier not exactly `LOW`,
+/// `MEDIUM` or `HIGH`), `BAD_TIMESTAMP` (`valid_from`). Other keys are
+/// ignored, `metadata` included.
+pub fn parse_merchant_row(
+    bytes: &[u8],
+    max_record_bytes: usize,
+) -> Result<MerchantRow, RejectReason> {
+    if bytes.len() > max_record_bytes {
+        return Err(RejectReason::TooLarge);
+    }
+    let src = std::str::from_utf8(bytes).map_err(|_| RejectReason::Malformed)?;
+    let mut parser = Parser {
+        src,
+        b: bytes,
+        pos: 0,
+        keys: Vec::new(),
+    };
+    let fields = parser
+        .record(merchant_slot, false)
+        .map_err(|_| RejectReason::Malformed)?;
+    let f = &fields.required[..=MR_COUNTRY];
+    if f.iter().any(|v| matches!(v, Field::Absent | Field::Null)) {
+        return Err(RejectReason::MissingField);
+    }
+    let text = |k: usize| match &f[k] {
+        Field::Str(s) => Ok(s.to_string()),
+        _ => Err(RejectReason::BadField),
+    };
+    let merchant = text(MR_MERCHANT)?;
+    let merchant_category = text(MR_CATEGORY)?;
+    let country = text(MR_COUNTRY)?;
+    let risk_tier = match &f[MR_RISK_TIER] {
+        Field::Str(s) => RiskTier::parse(s),
+        _ => None,
+    }
+    .ok_or(RejectReason::BadField)?;
+    let valid_from = match &f[MR_VALID_FROM] {
+        Field::Str(s) => parse_rfc3339_ms(s),
+        _ => None,
+    }
+    .ok_or(RejectReason::BadTimestamp)?;
+    Ok(MerchantRow {
+        merchant,
+        valid_from,
+        merchant_category,
+        risk_tier,
+        country,
+    })
 }
 
 /// The exact value of a JSON number literal in whole cents, when it is an
@@ -416,10 +488,11 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// The whole input: one object between optional whitespace.
-    fn record(&mut self) -> PResult<Fields<'a>> {
+    /// The whole input: one object between optional whitespace, keeping
+    /// the fields `slot` numbers (and `metadata`, when `metadata`).
+    fn record(&mut self, slot: fn(&str) -> Option<usize>, metadata: bool) -> PResult<Fields<'a>> {
         self.skip_ws();
-        let fields = self.top_object()?;
+        let fields = self.top_object(slot, metadata)?;
         self.skip_ws();
         if self.pos != self.b.len() {
             return Err(SyntaxError);
@@ -427,8 +500,12 @@ impl<'a> Parser<'a> {
         Ok(fields)
     }
 
-    /// The record's object (depth 1), keeping the fields SPEC 1 names.
-    fn top_object(&mut self) -> PResult<Fields<'a>> {
+    /// The record's object (depth 1), keeping the fields `slot` numbers.
+    fn top_object(
+        &mut self,
+        slot: fn(&str) -> Option<usize>,
+        metadata: bool,
+    ) -> PResult<Fields<'a>> {
         self.expect(b'{')?;
         let mut fields = Fields {
             required: [const { Field::Absent }; N_REQUIRED],
@@ -447,14 +524,14 @@ impl<'a> Parser<'a> {
         }
         loop {
             let key = self.key()?;
-            if let Some(slot) = required_slot(&key) {
+            if let Some(slot) = slot(&key) {
                 let bit = 1 << slot;
                 if seen & bit != 0 {
                     return Err(SyntaxError);
                 }
                 seen |= bit;
                 fields.required[slot] = self.field_value()?;
-            } else if key == "metadata" {
+            } else if metadata && key == "metadata" {
                 if seen & METADATA_BIT != 0 {
                     return Err(SyntaxError);
                 }
@@ -2108,5 +2185,65 @@ mod differential {
         // The mutations exercise both sides.
         assert!(accepted > 1_000, "{accepted}");
         assert!(malformed > 10_000, "{malformed}");
+    }
+
+    #[test]
+    fn merchant_rows_follow_spec_9_in_spec_2_order() {
+        let ok = br#"{"merchant":"acme","valid_from":"2024-01-31T10:00:00.5+01:00","merchant_category":"grocery","risk_tier":"HIGH","country":"DE","metadata":7,"x":[1]}"#;
+        assert_eq!(
+            parse_merchant_row(ok, 1 << 20),
+            Ok(MerchantRow {
+                merchant: "acme".into(),
+                valid_from: parse_rfc3339_ms("2024-01-31T09:00:00.5Z").unwrap(),
+                merchant_category: "grocery".into(),
+                risk_tier: RiskTier::High,
+                country: "DE".into(),
+            })
+        );
+        let row = |fields: &str| format!("{{{fields}}}");
+        let all = r#""merchant":"m","valid_from":"2024-01-01T00:00:00Z","merchant_category":"c","risk_tier":"LOW","country":"US""#;
+        let cases: Vec<(String, RejectReason)> = vec![
+            (
+                format!("{}{}", row(all), " ".repeat(200)),
+                RejectReason::TooLarge,
+            ),
+            (
+                format!(r#"{{{all},"merchant":"n"}}"#),
+                RejectReason::Malformed,
+            ),
+            (format!("[{}]", row(all)), RejectReason::Malformed),
+            (
+                row(&all.replace(r#""country":"US""#, r#""country":null"#)),
+                RejectReason::MissingField,
+            ),
+            (
+                // Missing wins over a bad tier and a bad time.
+                row(r#""merchant":"m","valid_from":"x","risk_tier":"low","country":"US""#),
+                RejectReason::MissingField,
+            ),
+            (
+                row(&all.replace(r#""merchant":"m""#, r#""merchant":5"#)),
+                RejectReason::BadField,
+            ),
+            (row(&all.replace("LOW", "low")), RejectReason::BadField),
+            (
+                row(&all
+                    .replace("LOW", "EXTREME")
+                    .replace("2024-01-01T00:00:00Z", "yesterday")),
+                RejectReason::BadField,
+            ),
+            (
+                row(&all.replace("2024-01-01T00:00:00Z", "2024-02-30T00:00:00Z")),
+                RejectReason::BadTimestamp,
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                parse_merchant_row(text.as_bytes(), 200).map(|_| ()),
+                Err(want),
+                "{text}"
+            );
+        }
+        assert!(parse_merchant_row(row(all).as_bytes(), 200).is_ok());
     }
 }
