@@ -8,8 +8,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::reference::{
-    self, amount_cents, compute, compute_records, parse_json, parse_timestamp, AnomalyRow, Json,
-    Outputs, RefParams, WindowKind, WindowRow, WindowSpec,
+    self, amount_cents, compute, compute_lineage, compute_records, parse_json, parse_timestamp,
+    AnomalyRow, Json, Outputs, RefParams, WindowKind, WindowRow, WindowSpec,
 };
 
 /// 2024-01-01T00:00:00Z (a Monday) in Unix milliseconds.
@@ -508,6 +508,35 @@ fn lateness_is_per_partition_and_rejects_do_not_move_max_ts() {
 // ---------------------------------------------------------------------------
 // SPEC 4: dedup
 // ---------------------------------------------------------------------------
+
+#[test]
+fn a_child_partition_continues_its_parents_lateness() {
+    // Partition 0 ends at max_ts 100 s (wm 90 s); partition 2 continues it,
+    // partition 1 does not and starts fresh.
+    let parts: Vec<Vec<Vec<u8>>> = [
+        vec![simple("a", 100 * SEC)],
+        vec![simple("b", 50 * SEC)],
+        vec![
+            simple("c", 90 * SEC - 1), // late only through the inherited wm
+            simple("d", 90 * SEC),     // at the inherited wm: accepted
+        ],
+    ]
+    .iter()
+    .map(|p| p.iter().map(|r| r.as_bytes().to_vec()).collect())
+    .collect();
+    let p = RefParams::default();
+    let rejects = |out: &Outputs| -> Vec<(i32, i64, String)> {
+        out.rejects
+            .iter()
+            .map(|r| (r.partition, r.offset, r.reason.clone()))
+            .collect()
+    };
+    let out = compute_lineage(&parts, &[None, None, Some(0)], &p);
+    assert_eq!(rejects(&out), vec![(2, 0, "LATE".to_owned())]);
+    assert_eq!(out.transactions.len(), 3);
+    // Without the lineage the same record is on time.
+    assert!(rejects(&compute_lineage(&parts, &[None, None, None], &p)).is_empty());
+}
 
 #[test]
 fn duplicates_within_and_beyond_the_horizon() {

@@ -836,13 +836,31 @@ pub fn compute(files: &[PathBuf], p: &RefParams) -> Outputs {
 /// The same as `compute`, over records already read: `partitions[i]` holds
 /// partition i's records in offset order.
 pub fn compute_records(partitions: &[Vec<Vec<u8>>], p: &RefParams) -> Outputs {
+    compute_lineage(partitions, &vec![None; partitions.len()], p)
+}
+
+/// The same as `compute_records`, where partition `i` with `inherit[i] =
+/// Some(j)` (`j < i`) continues partition `j` (a Kinesis child shard and its
+/// first parent): its `max_ts` starts at `j`'s final one.
+pub fn compute_lineage(
+    partitions: &[Vec<Vec<u8>>],
+    inherit: &[Option<usize>],
+    p: &RefParams,
+) -> Outputs {
     let mut out = Outputs::default();
 
     // SPEC 2 and 3: validate, then judge lateness in each partition's order.
     let mut accepted: Vec<Accepted> = Vec::new();
+    let mut final_max_ts: Vec<Option<i64>> = Vec::new();
     for (partition, records) in partitions.iter().enumerate() {
+        let mut max_ts: Option<i64> = inherit[partition].and_then(|j| {
+            assert!(
+                j < partition,
+                "partition {partition} inherits from a later one"
+            );
+            final_max_ts[j]
+        });
         let partition = partition as i32;
-        let mut max_ts: Option<i64> = None;
         for (offset, raw) in records.iter().enumerate() {
             let offset = offset as i64;
             let verdict = validate(raw, p.max_record_bytes).and_then(|v| match max_ts {
@@ -863,6 +881,7 @@ pub fn compute_records(partitions: &[Vec<Vec<u8>>], p: &RefParams) -> Outputs {
                     .push(reject_row(raw, reason, &p.source, partition, offset)),
             }
         }
+        final_max_ts.push(max_ts);
     }
 
     // SPEC 4: dedup in (event time, partition, offset) order.
