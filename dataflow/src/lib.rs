@@ -5,6 +5,7 @@
 //! rows out, and everything in between is driven by timely's frontier.
 
 pub mod dedup;
+pub mod enrich;
 pub mod event;
 pub mod job;
 pub mod params;
