@@ -182,13 +182,76 @@ impl Partition {
     }
 }
 
-pub type SourceStreams<'s> = (
-    StreamVec<'s, Tick, Txn>,
+/// What a source's records are: how one is validated (every SPEC 2 rule
+/// but `LATE`, which the source decides) and its event time.
+pub trait Decode: 'static {
+    type Out: timely::ExchangeData;
+    fn decode(
+        bytes: &[u8],
+        params: &Params,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Self::Out, RejectReason>;
+    fn event_time(out: &Self::Out) -> Millis;
+}
+
+/// Payment transactions (SPEC 1–2).
+pub struct Transactions;
+
+impl Decode for Transactions {
+    type Out = Txn;
+    #[inline]
+    fn decode(
+        bytes: &[u8],
+        params: &Params,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Txn, RejectReason> {
+        parse_record(bytes, params.max_record_bytes, partition, offset)
+    }
+    #[inline]
+    fn event_time(out: &Txn) -> Millis {
+        out.event_time
+    }
+}
+
+/// Rows of the merchants reference table (SPEC 9), as `(merchant, version)`
+/// at the time of their `valid_from`.
+pub struct Merchants;
+
+impl Decode for Merchants {
+    type Out = (String, crate::enrich::Version);
+    fn decode(
+        bytes: &[u8],
+        params: &Params,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Self::Out, RejectReason> {
+        let row = crate::record::parse_merchant_row(bytes, params.max_record_bytes)?;
+        Ok((
+            row.merchant,
+            crate::enrich::Version {
+                valid_from: row.valid_from,
+                partition,
+                offset,
+                merchant_category: row.merchant_category,
+                risk_tier: row.risk_tier,
+                country: row.country,
+            },
+        ))
+    }
+    fn event_time(out: &Self::Out) -> Millis {
+        out.1.valid_from
+    }
+}
+
+pub type SourceStreams<'s, D = Txn> = (
+    StreamVec<'s, Tick, D>,
     StreamVec<'s, Tick, Reject>,
     StreamVec<'s, Tick, PositionEntry>,
 );
 
-/// Builds the source operator over this worker's partitions.
+/// Builds the source operator of transactions over this worker's partitions.
 pub fn source<'s>(
     scope: Scope<'s, Tick>,
     name: &str,
@@ -197,13 +260,25 @@ pub fn source<'s>(
     partitions: Vec<(PartitionStart, Box<dyn PartitionReader>)>,
     probe: ProbeHandle<Tick>,
 ) -> SourceStreams<'s> {
+    source_of::<Transactions>(scope, name, params, config, partitions, probe)
+}
+
+/// Builds the source operator over this worker's partitions of records `D`.
+pub fn source_of<'s, D: Decode>(
+    scope: Scope<'s, Tick>,
+    name: &str,
+    params: Params,
+    config: SourceConfig,
+    partitions: Vec<(PartitionStart, Box<dyn PartitionReader>)>,
+    probe: ProbeHandle<Tick>,
+) -> SourceStreams<'s, D::Out> {
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
     let (txn_out, txns) = builder.new_output();
     let (rej_out, rejects) = builder.new_output();
     let (pos_out, positions) = builder.new_output();
-    let mut txn_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Txn>>>::from(txn_out);
+    let mut txn_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<D::Out>>>::from(txn_out);
     let mut rej_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Reject>>>::from(rej_out);
     let mut pos_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<PositionEntry>>>::from(pos_out);
@@ -228,7 +303,7 @@ pub fn source<'s>(
     builder.build(move |caps| {
         let mut caps: Option<[Capability<Tick>; 3]> = caps.try_into().ok();
         let mut batch = RawBatch::default();
-        let mut accepted: Vec<(Tick, Txn)> = Vec::new();
+        let mut accepted: Vec<(Tick, D::Out)> = Vec::new();
         let mut rejected: Vec<(Tick, Reject)> = Vec::new();
         let mut announced = false;
         let started = Instant::now();
@@ -344,7 +419,7 @@ pub fn source<'s>(
                             .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let read_at = Instant::now();
                         for (bytes, offset) in batch.iter() {
-                            classify(
+                            classify::<D>(
                                 p,
                                 bytes,
                                 offset,
@@ -459,28 +534,29 @@ pub fn source<'s>(
 /// Validate one record, update its partition's watermark, and stage it.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn classify(
+fn classify<D: Decode>(
     p: &mut Partition,
     bytes: &[u8],
     offset: u64,
     params: &Params,
     floor: Tick,
     skip_below: Tick,
-    accepted: &mut Vec<(Tick, Txn)>,
+    accepted: &mut Vec<(Tick, D::Out)>,
     rejected: &mut Vec<(Tick, Reject)>,
 ) {
     let wm_ms = p
         .max_ts
         .map(|m| m.saturating_sub(params.max_out_of_orderness_ms));
     let wm_tick = p.watermark_tick(params).max(floor);
-    let outcome = match parse_record(bytes, params.max_record_bytes, p.start.partition, offset) {
+    let outcome = match D::decode(bytes, params, p.start.partition, offset) {
         Ok(txn) => {
-            let late = wm_ms.is_some_and(|wm| txn.event_time < wm);
-            let t = tick_of(txn.event_time, params.tick_ms);
+            let at = D::event_time(&txn);
+            let late = wm_ms.is_some_and(|wm| at < wm);
+            let t = tick_of(at, params.tick_ms);
             if late {
                 Err(RejectReason::Late)
             } else {
-                p.max_ts = Some(p.max_ts.map_or(txn.event_time, |m| m.max(txn.event_time)));
+                p.max_ts = Some(p.max_ts.map_or(at, |m| m.max(at)));
                 if t < floor {
                     // Only after the partition was idle and the job's
                     // watermark moved past it: late against the job.
@@ -814,6 +890,79 @@ mod tests {
             let first = positions.iter().find(|e| e.partition == p).unwrap();
             assert_eq!((first.offset, first.max_ts), (0, Some(100_000)), "{p}");
         }
+    }
+
+    #[test]
+    fn merchant_rows_are_a_source_with_their_own_lateness_and_rejects() {
+        let row = |m: &str, secs: i64, tier: &str| {
+            let ts = crate::rfc3339::format_rfc3339_ms(secs * 1000);
+            format!(
+                r#"{{"merchant":"{m}","valid_from":"{ts}","merchant_category":"k","risk_tier":"{tier}","country":"DE"}}"#
+            )
+            .into_bytes()
+        };
+        let rows = vec![
+            row("a", 100, "LOW"),
+            row("b", 89, "HIGH"), // below the watermark (90 s): LATE
+            row("c", 95, "HUGE"), // BAD_FIELD
+            row("a", 120, "HIGH"),
+        ];
+        let (versions, rejects) = timely::execute_directly(move |worker| {
+            let (v, r) = worker.dataflow::<Tick, _, _>(|scope| {
+                let (v, r, _) = source_of::<Merchants>(
+                    scope,
+                    "merchants",
+                    Params::default(),
+                    SourceConfig {
+                        batch: 2,
+                        budget: 100,
+                        max_lag_ticks: 1000,
+                        skip_below: Tick::MIN,
+                        meter: Default::default(),
+                        max_rate: None,
+                    },
+                    vec![(
+                        fresh(3),
+                        Box::new(VecReader(rows.into(), 0)) as Box<dyn PartitionReader>,
+                    )],
+                    ProbeHandle::new(),
+                );
+                (v.capture(), r.capture())
+            });
+            while worker.step() {}
+            (v, r)
+        });
+        let versions: Vec<(Tick, String, Millis, u32, u64)> = versions
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Messages(t, d) => Some((*t.least().unwrap(), d)),
+                _ => None,
+            })
+            .flat_map(|(t, d)| {
+                d.into_iter()
+                    .map(move |(m, v)| (t, m, v.valid_from, v.partition, v.offset))
+            })
+            .collect();
+        assert_eq!(
+            versions,
+            vec![
+                (100, "a".to_owned(), 100_000, 3, 0),
+                (120, "a".to_owned(), 120_000, 3, 3)
+            ]
+        );
+        let rejects: Vec<(RejectReason, u64)> = rejects
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Messages(_, d) => Some(d),
+                _ => None,
+            })
+            .flatten()
+            .map(|r| (r.reason, r.offset))
+            .collect();
+        assert_eq!(
+            rejects,
+            vec![(RejectReason::Late, 1), (RejectReason::BadField, 2)]
+        );
     }
 
     /// Serves its records, then has nothing (Pending) until `stop` is set.
