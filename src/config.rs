@@ -33,6 +33,8 @@ pub struct Config {
     pub kafka: KafkaSection,
     #[serde(default)]
     pub kinesis: KinesisSection,
+    #[serde(default)]
+    pub reference: ReferenceSection,
     #[serde(default = "default_windows")]
     pub windows: Vec<WindowSection>,
     #[serde(default)]
@@ -242,6 +244,32 @@ impl KinesisSection {
     }
 }
 
+/// The merchants reference table (SPEC 9) that enriches transactions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReferenceSection {
+    /// `none`, `generator` (rows made by the built-in generator for its
+    /// merchants), `files` (JSON Lines) or `kafka` (a compacted topic keyed
+    /// by merchant, read from its start with the [kafka] connection).
+    pub kind: String,
+    /// The `source` column of its rejects.
+    pub name: String,
+    /// files: paths or glob patterns, one partition per file.
+    pub paths: Vec<String>,
+    /// kafka: the topic.
+    pub topic: String,
+}
+impl Default for ReferenceSection {
+    fn default() -> Self {
+        ReferenceSection {
+            kind: "none".into(),
+            name: "merchants".into(),
+            paths: Vec::new(),
+            topic: String::new(),
+        }
+    }
+}
+
 /// S3 settings for `s3://` output roots and inputs. Unset fields fall back to
 /// the environment (`TIDEMARK_S3_ENDPOINT`, `AWS_REGION`,
 /// `TIDEMARK_S3_PATH_STYLE`), then to the AWS SDK's own chain. Credentials
@@ -392,6 +420,17 @@ impl Config {
         if let Some(e) = &k.end {
             crate::kinesis_job::parse_end("kinesis.end", e)?;
         }
+        let r = &cfg.reference;
+        match r.kind.as_str() {
+            "none" | "generator" => {}
+            "files" if r.paths.is_empty() => bail!("reference.kind = \"files\" but reference.paths is empty: list the merchants JSON Lines files, e.g. paths = [\"merchants/*.jsonl\"]"),
+            "kafka" if r.topic.trim().is_empty() => bail!("reference.kind = \"kafka\" but reference.topic is empty: name the compacted merchants topic"),
+            "files" | "kafka" => {}
+            other => bail!("reference.kind = {other:?}: use \"none\", \"generator\", \"files\" or \"kafka\""),
+        }
+        if r.name.trim().is_empty() || r.name == cfg.source.name {
+            bail!("reference.name = {:?} must be non-empty and differ from source.name ({:?}): rejects and positions are told apart by it", r.name, cfg.source.name);
+        }
         if cfg.source.kind == "kinesis" && k.stream.trim().is_empty() {
             bail!("source.kind = \"kinesis\" but kinesis.stream is empty: name the stream to read, e.g. [kinesis] stream = \"payments\"");
         }
@@ -445,14 +484,14 @@ impl Config {
                 }
             };
             if w.group_by.is_empty() {
-                bail!("{at}.group_by is empty: name at least one of status, currency, customer_id, merchant, category");
+                bail!("{at}.group_by is empty: name at least one of status, currency, customer_id, merchant, category, merchant_category, risk_tier, merchant_country");
             }
             let group_by = w
                 .group_by
                 .iter()
                 .map(|g| {
                     GroupField::parse(g).with_context(|| {
-                        format!("{at}.group_by: unknown field {g:?}; use status, currency, customer_id, merchant or category")
+                        format!("{at}.group_by: unknown field {g:?}; use status, currency, customer_id, merchant, category, or (with a [reference] table) merchant_category, risk_tier, merchant_country")
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;

@@ -7,18 +7,22 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use tidemark_checkpoint::commit_log;
 use tidemark_checkpoint::committer::{committer, CommitStatus, CommitterConfig};
-use tidemark_checkpoint::manifest::{self, Manifest, Position};
+use tidemark_checkpoint::manifest::{self, Manifest, Position, SourceNames};
 use tidemark_checkpoint::restore::restore_state;
 use tidemark_checkpoint::s3::S3Options;
 use tidemark_checkpoint::storage::{self, Storage};
 use tidemark_checkpoint::writer::{writer, WriterConfig};
-use tidemark_connectors::gen_source::GenReader;
+use tidemark_connectors::gen_source::{GenReader, MerchantsReader};
 use tidemark_connectors::generator::GenConfig;
 use tidemark_connectors::kafka::open_readers;
+use tidemark_connectors::merchants_gen::MerchantsConfig;
 use tidemark_dataflow::event::Tick;
 use tidemark_dataflow::job::{build, Restored};
 use tidemark_dataflow::params::Params;
-use tidemark_dataflow::source::{source, Meter, PartitionReader, PartitionStart, SourceConfig};
+use tidemark_dataflow::source::{
+    source, source_of, Merchants, Meter, PartitionReader, PartitionStart, SourceConfig,
+    REFERENCE_BASE,
+};
 use timely::dataflow::operators::Probe;
 use timely::dataflow::ProbeHandle;
 
@@ -37,6 +41,9 @@ pub enum SourceSpec {
     Kafka(KafkaSource),
     /// Shards appear while running; all are read by process 0's workers.
     Kinesis(Arc<StreamSource>),
+    /// The merchants reference table of the generator's merchants: one
+    /// partition (a reference source only).
+    Merchants(GenConfig),
 }
 
 impl SourceSpec {
@@ -46,6 +53,7 @@ impl SourceSpec {
             SourceSpec::Generator(g) => g.partitions,
             SourceSpec::Kafka(k) => k.parts.len() as u32,
             SourceSpec::Kinesis(k) => k.describe().len() as u32,
+            SourceSpec::Merchants(_) => 1,
         }
     }
 
@@ -87,6 +95,7 @@ impl SourceSpec {
                 .collect(),
             SourceSpec::Kafka(k) => k.describe(),
             SourceSpec::Kinesis(k) => k.describe(),
+            SourceSpec::Merchants(g) => vec![format!("generator-merchants:{}", g.seed)],
         }
     }
 
@@ -138,6 +147,11 @@ impl SourceSpec {
                     let reader: Box<dyn PartitionReader> = match self {
                         SourceSpec::Files(f) => Box::new(f[p as usize].open(offset)?),
                         SourceSpec::Generator(g) => Box::new(GenReader::open(g, p, offset)),
+                        SourceSpec::Merchants(g) => Box::new(MerchantsReader::open(
+                            g,
+                            &MerchantsConfig::default(),
+                            offset,
+                        )),
                         SourceSpec::Kafka(_) | SourceSpec::Kinesis(_) => unreachable!(),
                     };
                     Ok((start(p, pos, offset), reader))
@@ -148,10 +162,18 @@ impl SourceSpec {
     }
 }
 
+/// The merchants reference table (SPEC 9): a source of its own.
+pub struct ReferenceSpec {
+    /// Its `source` name in rejects and positions.
+    pub name: String,
+    pub source: SourceSpec,
+}
+
 pub struct JobSpec {
     pub params: Params,
     pub source: SourceSpec,
     pub source_name: String,
+    pub reference: Option<ReferenceSpec>,
     pub output: String,
     pub min_wall: Duration,
     pub timely: timely::Config,
@@ -185,8 +207,10 @@ fn check_resume(m: &Manifest, spec: &mut JobSpec, fp: &str, st: &dyn Storage) ->
             st.describe()
         );
     }
+    let names = spec.names();
+    let is_main = |p: &&Position| names.dataflow_partition(p) < REFERENCE_BASE;
     let now = spec.source.describe();
-    if let Some(p) = m.job.positions.iter().find(|p| {
+    if let Some(p) = m.job.positions.iter().filter(is_main).find(|p| {
         m.job
             .inputs
             .get(p.partition as usize)
@@ -202,8 +226,28 @@ fn check_resume(m: &Manifest, spec: &mut JobSpec, fp: &str, st: &dyn Storage) ->
             now.get(p.partition as usize).map_or("missing", |s| s.as_str())
         );
     }
+    if let Some(r) = &mut spec.reference {
+        let now = r.source.describe();
+        if let Some(p) = m.job.positions.iter().filter(|p| !is_main(p)).find(|p| {
+            m.job
+                .reference_inputs
+                .get(p.partition as usize)
+                .is_some_and(|was| now.get(p.partition as usize) != Some(was))
+        }) {
+            bail!(
+                "the reference input changed since epoch {} was committed to {}: partition {} was {}, now {}; \
+                 resume with the same reference input, or write to a new output root",
+                m.epoch,
+                st.describe(),
+                p.partition,
+                m.job.reference_inputs[p.partition as usize],
+                now.get(p.partition as usize).map_or("missing", |s| s.as_str())
+            );
+        }
+        r.source.keep_ends(&m.job.reference_ends);
+    }
     spec.source.keep_ends(&m.job.ends);
-    let positions = m.job.positions.len() as u32;
+    let positions = m.job.positions.iter().filter(is_main).count() as u32;
     // Kinesis positions name shards, some of which may be trimmed away.
     if !matches!(spec.source, SourceSpec::Kinesis(_)) && positions > spec.source.partitions() {
         bail!(
@@ -213,6 +257,18 @@ fn check_resume(m: &Manifest, spec: &mut JobSpec, fp: &str, st: &dyn Storage) ->
         );
     }
     Ok(())
+}
+
+impl JobSpec {
+    fn names(&self) -> SourceNames {
+        SourceNames {
+            main: self.source_name.clone(),
+            reference: self
+                .reference
+                .as_ref()
+                .map_or_else(|| "merchants".to_owned(), |r| r.name.clone()),
+        }
+    }
 }
 
 pub fn run(mut spec: JobSpec) -> Result<Summary> {
@@ -282,15 +338,30 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         _ => None,
     };
     let inputs = spec.source.describe();
-    let planned = spec
-        .source
-        .plan(resume.as_ref().map_or(&[][..], |m| &m.job.positions));
+    let names = spec.names();
+    // Resume positions by dataflow partition (the reference's rebased).
+    let positions: Vec<(u32, Position)> = resume.as_ref().map_or_else(Vec::new, |m| {
+        m.job
+            .positions
+            .iter()
+            .map(|p| (names.dataflow_partition(p), p.clone()))
+            .collect()
+    });
+    let main_positions: Vec<Position> = positions
+        .iter()
+        .filter(|(g, _)| *g < REFERENCE_BASE)
+        .map(|(_, p)| p.clone())
+        .collect();
+    let planned = spec.source.plan(&main_positions);
     let shard_log = match (&spec.source, process) {
         (SourceSpec::Kinesis(k), 0) => Some(Mutex::new(ShardLog::new(k.clone(), meter.clone()))),
         _ => None,
     };
     let shared = Arc::new(Shared {
         processes: crate::cluster::processes(&spec.timely),
+        names,
+        positions,
+        reference_meter: Arc::new(Meter::default()),
         planned,
         shard_log,
         mirror,
@@ -359,6 +430,12 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
 
 struct Shared {
     processes: usize,
+    names: SourceNames,
+    /// The resumed epoch's positions, by dataflow partition.
+    positions: Vec<(u32, Position)>,
+    /// What the reference source has read (kept apart from the job's input
+    /// counts and latency).
+    reference_meter: Arc<Meter>,
     /// The partitions opened at start ([`SourceSpec::plan`]).
     planned: Vec<u32>,
     /// Logs Kinesis shard metrics after commits.
@@ -376,6 +453,13 @@ struct Shared {
     meter: Arc<Meter>,
     status: Arc<Mutex<CommitStatus>>,
     latency: Arc<Mutex<Latency>>,
+}
+
+impl Shared {
+    /// The resumed position of a dataflow partition.
+    fn position(&self, p: u32) -> Option<&Position> {
+        self.positions.iter().find(|(g, _)| *g == p).map(|(_, x)| x)
+    }
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<()> {
@@ -401,47 +485,69 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
         .iter()
         .copied()
         .filter(|p| index < readers_count && *p as usize % readers_count == index)
-        .map(|p| {
-            let pos = sh
-                .resume
-                .as_ref()
-                .and_then(|m| m.job.positions.iter().find(|x| x.partition == p));
-            (p, pos)
-        })
+        .map(|p| (p, sh.position(p)))
         .collect();
     let readers = sh.spec.source.open_worker(&mine)?;
+    // Reference partitions, by a fixed function of (partition, workers).
+    let reference_readers = match &sh.spec.reference {
+        Some(r) => {
+            let mine: Vec<(u32, Option<&Position>)> = (0..r.source.partitions())
+                .filter(|l| *l as usize % peers == index)
+                .map(|l| (l, sh.position(REFERENCE_BASE + l)))
+                .collect();
+            let mut readers = r
+                .source
+                .open_worker(&mine)
+                .map_err(|e| e.context("opening the reference input"))?;
+            for (start, _) in &mut readers {
+                start.partition += REFERENCE_BASE;
+            }
+            Some(readers)
+        }
+        None => None,
+    };
 
     let probe = ProbeHandle::new();
     worker.dataflow::<Tick, _, _>(|scope| {
-        let (txns, rejects, positions) = source(
+        let config = |meter: &Arc<Meter>, max_rate| SourceConfig {
+            batch: 1024,
+            budget: 16 * 1024,
+            max_lag_ticks: 30,
+            skip_below,
+            meter: meter.clone(),
+            max_rate,
+        };
+        let main = source(
             scope,
             "Source",
             params.clone(),
-            SourceConfig {
-                batch: 1024,
-                budget: 16 * 1024,
-                max_lag_ticks: 30,
-                skip_below,
-                meter: sh.meter.clone(),
-                max_rate: sh.spec.max_rate.map(|r| (r / readers_count as u64).max(1)),
-            },
+            config(
+                &sh.meter,
+                sh.spec.max_rate.map(|r| (r / readers_count as u64).max(1)),
+            ),
             readers,
             probe.clone(),
         );
-        let streams = build(
-            &params,
-            txns,
-            rejects,
-            positions,
-            &restored,
-            sh.spec.min_wall,
-        );
+        // An idle reference table follows the transactions' time.
+        let follow = main.2.clone();
+        let reference = reference_readers.map(|readers| {
+            source_of::<Merchants>(
+                scope,
+                "Reference",
+                params.clone(),
+                config(&sh.reference_meter, None),
+                readers,
+                probe.clone(),
+                Some(follow),
+            )
+        });
+        let streams = build(&params, main, reference, &restored, sh.spec.min_wall);
         let reports = writer(
             &streams,
             WriterConfig {
                 storage: sh.storage.clone(),
                 generation: sh.generation,
-                source_name: sh.spec.source_name.clone(),
+                names: sh.names.clone(),
                 params: params.clone(),
             },
         );
@@ -457,25 +563,39 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
             CommitterConfig {
                 storage: sh.storage.clone(),
                 generation: sh.generation,
-                source_name: sh.spec.source_name.clone(),
+                names: sh.names.clone(),
                 tick_ms: params.tick_ms,
                 interval_ms: params.checkpoint_interval_ms,
                 params_fingerprint: sh.fingerprint.clone(),
                 previous_epoch: sh.resume.as_ref().map(|m| m.epoch),
                 previous_seq: sh.resume.as_ref().map_or(0, |m| m.job.seq),
-                previous_positions: sh
-                    .resume
-                    .as_ref()
-                    .map(|m| m.job.positions.clone())
-                    .unwrap_or_default(),
+                previous_positions: sh.positions.iter().map(|(_, p)| p.clone()).collect(),
                 retain: sh.spec.retain,
                 inputs: sh.inputs.clone(),
                 ends: sh.spec.source.ends(),
+                reference_inputs: sh
+                    .spec
+                    .reference
+                    .as_ref()
+                    .map_or_else(Vec::new, |r| r.source.describe()),
+                reference_ends: sh
+                    .spec
+                    .reference
+                    .as_ref()
+                    .map_or_else(Vec::new, |r| r.source.ends()),
             },
             sh.status.clone(),
             Box::new(move |m: &Manifest| {
                 if let Some(mirror) = &sh2.mirror {
-                    mirror.send(m.job.positions.clone());
+                    let main = &sh2.names.main;
+                    mirror.send(
+                        m.job
+                            .positions
+                            .iter()
+                            .filter(|p| &p.source == main)
+                            .cloned()
+                            .collect(),
+                    );
                 }
                 if let Some(sinks) = &sh2.sinks {
                     sinks.send(m.clone());

@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::ClusterArgs;
 use crate::config::Config;
-use crate::job::{JobSpec, SourceSpec};
+use crate::job::{JobSpec, ReferenceSpec, SourceSpec};
 use crate::kafka_job::KafkaSource;
 use tidemark_connectors::kafka::KafkaSettings;
 use tidemark_connectors::kinesis_stream::StreamSource;
@@ -118,6 +118,10 @@ struct ReplayArgs {
     /// Configuration file for windows, detectors and checkpoints (optional).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Merchants reference table files (JSON Lines, plain or .gz; globs
+    /// quoted) that enrich the transactions (SPEC 9); overrides [reference].
+    #[arg(long, num_args = 1..)]
+    reference: Vec<String>,
     /// Read at most this many events per second (whole job).
     #[arg(long)]
     rate: Option<u64>,
@@ -142,6 +146,15 @@ struct GenerateArgs {
     /// Event-time rate of the generated stream, across partitions.
     #[arg(long, default_value_t = 5_000)]
     events_per_sec: u64,
+    /// Also write the merchants reference table (SPEC 9) for these events
+    /// here: a version per merchant, updates during the run, a few late
+    /// and malformed rows.
+    #[arg(long)]
+    merchants: Option<PathBuf>,
+    /// Share of transactions made at the hottest merchant (0 to 1), for
+    /// skew benchmarks.
+    #[arg(long, default_value_t = 0.0)]
+    hot_merchant_share: f64,
 }
 
 /// Keep freed memory instead of returning it to the OS soon after: with
@@ -238,7 +251,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     "source.kind = {other:?}: use \"generator\", \"files\", \"kafka\" or \"kinesis\""
                 ),
             };
-            run(&cfg, a.cluster, source, output, a.rate, None)
+            let bounded = match &source {
+                SourceSpec::Kafka(k) => k.parts.iter().all(|p| p.end.is_some()),
+                SourceSpec::Kinesis(_) => cfg.kinesis.end.is_some(),
+                SourceSpec::Generator(_) => !a.follow,
+                _ => true,
+            };
+            let reference = reference_spec(&cfg, &source, bounded, None)?;
+            run(&cfg, a.cluster, source, reference, output, a.rate, None)
         }
         Command::Replay(a) => {
             let cfg = match &a.config {
@@ -281,10 +301,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 (None, None) => SourceSpec::Files(inputs::expand(&a.input, &cfg.s3_options())?),
             };
+            let files = (!a.reference.is_empty()).then_some(&a.reference[..]);
+            let reference = reference_spec(&cfg, &source, true, files)?;
             run(
                 &cfg,
                 a.cluster,
                 source,
+                reference,
                 a.output,
                 a.rate,
                 a.kafka.as_deref(),
@@ -296,10 +319,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 partitions: a.partitions,
                 seed: a.seed,
                 events_per_sec: a.events_per_sec,
+                hot_merchant_share: a.hot_merchant_share,
                 ..Default::default()
             };
             if a.partitions == 0 || a.events_per_sec == 0 {
                 anyhow::bail!("--partitions and --events-per-sec must be at least 1");
+            }
+            if !(0.0..=1.0).contains(&a.hot_merchant_share) {
+                anyhow::bail!("--hot-merchant-share must be between 0 and 1");
+            }
+            if let Some(path) = &a.merchants {
+                tidemark_connectors::merchants_gen::write_merchants_file(
+                    &g,
+                    &tidemark_connectors::merchants_gen::MerchantsConfig::default(),
+                    path,
+                )?;
             }
             let t0 = std::time::Instant::now();
             let files = tidemark_connectors::generator::write_files(&g, &a.output)?;
@@ -329,15 +363,70 @@ fn kafka_settings(k: &config::KafkaSection, brokers: Option<&str>) -> KafkaSetti
     }
 }
 
+/// The merchants reference source: `files` from the command line, else as
+/// `[reference]` says. A Kafka reference topic ends where it is when a
+/// bounded job starts, and is followed by a streaming one.
+fn reference_spec(
+    cfg: &Config,
+    source: &SourceSpec,
+    bounded: bool,
+    files: Option<&[String]>,
+) -> Result<Option<ReferenceSpec>> {
+    let r = &cfg.reference;
+    let spec = match (files, r.kind.as_str()) {
+        (Some(paths), _) => SourceSpec::Files(
+            inputs::expand(paths, &cfg.s3_options()).context("--reference")?,
+        ),
+        (None, "none") => return Ok(None),
+        (None, "files") => SourceSpec::Files(
+            inputs::expand(&r.paths, &cfg.s3_options()).context("reference.paths")?,
+        ),
+        (None, "kafka") => {
+            let topics = [r.topic.clone()];
+            let end = bounded.then_some(kafka_job::Bound::Latest);
+            SourceSpec::Kafka(
+                KafkaSource::resolve(
+                    kafka_settings(&cfg.kafka, None),
+                    &topics,
+                    &kafka_job::Bound::Earliest,
+                    end.as_ref(),
+                )
+                .context("the [reference] Kafka topic")?,
+            )
+        }
+        (None, "generator") => match source {
+            SourceSpec::Generator(g) => SourceSpec::Merchants(g.clone()),
+            _ => anyhow::bail!("reference.kind = \"generator\" needs source.kind = \"generator\" (the rows are made for the generator's merchants): use files or kafka"),
+        },
+        (None, other) => anyhow::bail!("reference.kind = {other:?}: use none, generator, files or kafka"),
+    };
+    Ok(Some(ReferenceSpec {
+        name: r.name.clone(),
+        source: spec,
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     cfg: &Config,
     cluster: ClusterArgs,
     source: SourceSpec,
+    reference: Option<ReferenceSpec>,
     output: String,
     max_rate: Option<u64>,
     brokers: Option<&str>,
 ) -> Result<ExitCode> {
     let params = cfg.params()?;
+    if reference.is_none() {
+        if let Some((w, f)) = params.windows.iter().find_map(|w| {
+            w.group_by
+                .iter()
+                .find(|f| f.is_enriched())
+                .map(|f| (&w.name, f.name()))
+        }) {
+            anyhow::bail!("window {w:?} groups by {f}, which comes from the merchants reference table, but the job has none: set [reference] kind (generator, files or kafka), pass --reference FILES, or remove {f} from its group_by");
+        }
+    }
     let k = &cfg.kafka;
     let sinks = (k.alerts_topic.is_some() || k.dead_letter_topic.is_some()).then(|| {
         (
@@ -356,6 +445,7 @@ fn run(
         params,
         source,
         source_name: cfg.source.name.clone(),
+        reference,
         output,
         min_wall: cfg.min_wall_interval()?,
         timely,

@@ -15,7 +15,7 @@ use tidemark_dataflow::stateful::Marker;
 use tidemark_dataflow::time::floor_to;
 
 use crate::commit_log;
-use crate::manifest::{Counts, JobSection, Manifest, Position};
+use crate::manifest::{Counts, JobSection, Manifest, Position, SourceNames};
 use crate::storage::Storage;
 use crate::writer::EpochReport;
 
@@ -23,7 +23,8 @@ use crate::writer::EpochReport;
 pub struct CommitterConfig {
     pub storage: Arc<dyn Storage>,
     pub generation: u64,
-    pub source_name: String,
+    /// Names positions by source.
+    pub names: SourceNames,
     pub tick_ms: i64,
     pub interval_ms: i64,
     pub params_fingerprint: String,
@@ -37,6 +38,9 @@ pub struct CommitterConfig {
     pub inputs: Vec<String>,
     /// Where each partition of a bounded run ends (`JobSection::ends`).
     pub ends: Vec<Option<u64>>,
+    /// The same of the reference source.
+    pub reference_inputs: Vec<String>,
+    pub reference_ends: Vec<Option<u64>>,
     /// How many commits (with their state snapshots) to keep in the log.
     pub retain: u64,
 }
@@ -77,7 +81,7 @@ pub fn committer<'s>(
             committed_positions: cfg
                 .previous_positions
                 .iter()
-                .map(|p| (p.partition, p.clone()))
+                .map(|p| (cfg.names.dataflow_partition(p), p.clone()))
                 .collect(),
             cfg: cfg.clone(),
             status,
@@ -174,11 +178,12 @@ impl Book {
             let valid = v.partition_point(|e| e.max_tick < limit);
             if valid > 0 {
                 let e = &v[valid - 1];
+                let (source, local) = self.cfg.names.name_of(*partition);
                 self.committed_positions.insert(
                     *partition,
                     Position {
-                        source: self.cfg.source_name.clone(),
-                        partition: *partition,
+                        source: source.to_owned(),
+                        partition: local,
                         offset: e.offset,
                         max_ts: e.max_ts,
                         token: e.token.clone(),
@@ -203,6 +208,8 @@ impl Book {
                 params_fingerprint: self.cfg.params_fingerprint.clone(),
                 inputs: self.cfg.inputs.clone(),
                 ends: self.cfg.ends.clone(),
+                reference_inputs: self.cfg.reference_inputs.clone(),
+                reference_ends: self.cfg.reference_ends.clone(),
             },
         );
         let t0 = std::time::Instant::now();

@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
+use tidemark_dataflow::source::REFERENCE_BASE;
 
 /// The value of `"format"` in every manifest this version writes and reads.
 pub const FORMAT: &str = "tidemark-manifest/1";
@@ -127,6 +128,11 @@ pub struct JobSection {
     /// when the end was given as `latest`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ends: Vec<Option<u64>>,
+    /// `inputs` and `ends` of the reference source (SPEC 9), if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference_inputs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference_ends: Vec<Option<u64>>,
 }
 
 /// The resume position of one source partition.
@@ -143,6 +149,34 @@ pub struct Position {
     /// number of the last record before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+}
+
+/// The logical names of the job's two sources, which positions and
+/// rejects carry: partitions at or above [`REFERENCE_BASE`] inside the
+/// dataflow are the reference source's, numbered from 0 in outputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceNames {
+    pub main: String,
+    pub reference: String,
+}
+
+impl SourceNames {
+    /// The source name and its own partition index of a dataflow partition.
+    pub fn name_of(&self, partition: u32) -> (&str, u32) {
+        match partition.checked_sub(REFERENCE_BASE) {
+            Some(local) => (&self.reference, local),
+            None => (&self.main, partition),
+        }
+    }
+
+    /// The dataflow partition of a manifest position.
+    pub fn dataflow_partition(&self, p: &Position) -> u32 {
+        if p.source == self.reference {
+            REFERENCE_BASE + p.partition
+        } else {
+            p.partition
+        }
+    }
 }
 
 /// One state snapshot file.
@@ -539,6 +573,8 @@ pub(crate) mod tests {
                 params_fingerprint: "fp".into(),
                 inputs: vec!["file:a.jsonl".into(), "file:b.jsonl".into()],
                 ends: vec![Some(120), None],
+                reference_inputs: vec!["file:merchants.jsonl".into()],
+                reference_ends: Vec::new(),
             },
         );
         let bytes = m.to_bytes().unwrap();

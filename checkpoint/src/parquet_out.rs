@@ -18,8 +18,10 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use std::sync::Arc;
-use tidemark_dataflow::event::{Anomaly, AnomalyKind, Reject, Txn, WindowRow};
+use tidemark_dataflow::event::{Anomaly, AnomalyKind, Reject, RiskTier, Txn, WindowRow};
 use tidemark_dataflow::params::{Aggregate, WindowSpec};
+
+use crate::manifest::SourceNames;
 
 /// Rows per row group.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -100,18 +102,25 @@ pub fn join_key(parts: &[&str]) -> String {
 
 /// Splits a key made by [`join_key`] back into its values. Always returns at
 /// least one (possibly empty) value. A trailing lone backslash is kept as is.
-pub fn split_key(key: &str) -> Vec<String> {
+/// A value written as `\N` (`window::NULL_VALUE`, which escaping never
+/// makes) is null: an enriched field of a transaction without a reference row.
+pub fn split_key(key: &str) -> Vec<Option<String>> {
     if !key.contains('\\') {
-        return key.split('|').map(str::to_owned).collect();
+        return key.split('|').map(|s| Some(s.to_owned())).collect();
     }
     let mut parts = Vec::new();
-    let mut cur = String::new();
+    let mut cur = Some(String::new());
     let mut chars = key.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => cur.push(chars.next().unwrap_or('\\')),
-            '|' => parts.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
+            '\\' => match chars.next() {
+                Some('N') => cur = None,
+                next => cur
+                    .get_or_insert_with(String::new)
+                    .push(next.unwrap_or('\\')),
+            },
+            '|' => parts.push(cur.replace(String::new())),
+            c => cur.get_or_insert_with(String::new).push(c),
         }
     }
     parts.push(cur);
@@ -123,7 +132,11 @@ pub fn display_key(escaped_key: &str) -> String {
     if !escaped_key.contains('\\') {
         return escaped_key.to_owned();
     }
-    split_key(escaped_key).join("|")
+    split_key(escaped_key)
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 // ---------------------------------------------------------------------------
@@ -162,6 +175,10 @@ pub fn transactions_schema() -> Schema {
         utf8("source", false),
         Field::new("partition", DataType::Int32, false),
         Field::new("offset", DataType::Int64, false),
+        // SPEC 9: null when no merchants reference row matched.
+        utf8("merchant_category", true),
+        utf8("risk_tier", true),
+        utf8("merchant_country", true),
     ])
 }
 
@@ -197,7 +214,11 @@ pub fn windows_schema(spec: &WindowSpec) -> Schema {
         ts_ms("window_start", false),
         ts_ms("window_end", false),
     ];
-    fields.extend(spec.group_by.iter().map(|g| utf8(g.name(), false)));
+    fields.extend(
+        spec.group_by
+            .iter()
+            .map(|g| utf8(g.name(), g.is_enriched())),
+    );
     fields.extend(aggregate_columns(spec).into_iter().map(aggregate_field));
     Schema::new(fields)
 }
@@ -306,8 +327,8 @@ pub fn encode_anomalies(rows: &[&Anomaly], specs: &[WindowSpec]) -> Result<Vec<u
 }
 
 /// A whole `rejects` file.
-pub fn encode_rejects(rows: &[&Reject], source: &str) -> Result<Vec<u8>> {
-    write_file(rejects_schema(), rejects_columns(rows, source)?)
+pub fn encode_rejects(rows: &[&Reject], names: &SourceNames) -> Result<Vec<u8>> {
+    write_file(rejects_schema(), rejects_columns(rows, names)?)
 }
 
 fn partition_i32(p: u32) -> Result<i32> {
@@ -385,6 +406,9 @@ pub fn transactions_columns(rows: &[&Txn], source: &str) -> Result<Vec<ArrayRef>
         const_str_col(n, source),
         Arc::new(Int32Array::from(partitions)),
         Arc::new(Int64Array::from(offsets)),
+        opt_str_col(n, it().map(Txn::merchant_category)),
+        opt_str_col(n, it().map(|t| t.risk_tier.map(RiskTier::as_str))),
+        opt_str_col(n, it().map(Txn::merchant_country)),
     ];
     Ok(columns)
 }
@@ -415,7 +439,7 @@ pub fn windows_columns(spec: &WindowSpec, rows: &[&WindowRow]) -> Result<Vec<Arr
                     return Err(wrong(r));
                 }
                 for (b, p) in group_cols.iter_mut().zip(&parts) {
-                    b.append_value(p);
+                    b.append_option(p.as_deref());
                 }
             } else {
                 if r.key.bytes().filter(|&c| c == b'|').count() + 1 != groups {
@@ -510,7 +534,7 @@ pub fn anomalies_columns(rows: &[&Anomaly], specs: &[WindowSpec]) -> Result<Vec<
 
 /// The `rejects` columns of `rows`: `raw` as UTF-8 text when the bytes are valid UTF-8,
 /// otherwise standard (padded) base64, with `raw_encoding` saying which.
-pub fn rejects_columns(rows: &[&Reject], source: &str) -> Result<Vec<ArrayRef>> {
+pub fn rejects_columns(rows: &[&Reject], names: &SourceNames) -> Result<Vec<ArrayRef>> {
     let n = rows.len();
     let it = || rows.iter().copied();
     let raw_bytes: usize = it().map(|r| r.raw.len()).sum();
@@ -534,14 +558,14 @@ pub fn rejects_columns(rows: &[&Reject], source: &str) -> Result<Vec<ArrayRef>> 
     let mut partitions = Vec::with_capacity(n);
     let mut offsets = Vec::with_capacity(n);
     for r in it() {
-        partitions.push(partition_i32(r.partition)?);
+        partitions.push(partition_i32(names.name_of(r.partition).1)?);
         offsets.push(offset_i64(r.offset)?);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(raw.finish()),
         Arc::new(encoding.finish()),
         str_col(n, it().map(|r| r.reason.as_str())),
-        const_str_col(n, source),
+        str_col(n, it().map(|r| names.name_of(r.partition).0)),
         Arc::new(Int32Array::from(partitions)),
         Arc::new(Int64Array::from(offsets)),
     ];
@@ -745,23 +769,32 @@ mod tests {
         ];
         for parts in cases {
             let k = join_key(&parts);
-            assert_eq!(split_key(&k), parts, "{k:?}");
+            let some: Vec<Option<String>> = parts.iter().map(|p| Some(p.to_string())).collect();
+            assert_eq!(split_key(&k), some, "{k:?}");
             assert_eq!(display_key(&k), parts.join("|"));
         }
         assert_eq!(join_key(&["a|b", "c"]), "a\\|b|c");
         assert_eq!(join_key(&["a\\b"]), "a\\\\b");
         assert_eq!(join_key(&["plain", "x"]), "plain|x");
-        assert_eq!(split_key("lone\\"), vec!["lone\\"]);
+        assert_eq!(split_key("lone\\"), vec![Some("lone\\".to_owned())]);
+        // A null value (no reference row) next to plain ones.
+        assert_eq!(
+            split_key("a|\\N|b\\|c"),
+            vec![Some("a".to_owned()), None, Some("b|c".to_owned())]
+        );
+        assert_eq!(display_key("a|\\N|b"), "a||b");
     }
 
     #[test]
     fn transactions_round_trip() {
-        let rows = [
+        let mut rows = [
             txn(1_700_000_000_000, 1, "t1", "{\"device\":\"ios\"}", 0, 0),
             txn(-3_600_000, 9_999, "t2", "", 3, 17),
             txn(1_709_210_096_789, 10_000, "t3", "", 1, 5_000_000_000),
             txn(0, 99_999_999, "t4", "{}", i32::MAX as u32, 2),
         ];
+        rows[0].enrich("grocery", RiskTier::High, "DE");
+        rows[3].enrich("", RiskTier::Low, "ZZ");
         let refs: Vec<&Txn> = rows.iter().collect();
         let bytes = encode_transactions(&refs, "transactions").unwrap();
         assert_eq!(&bytes[..4], b"PAR1");
@@ -791,7 +824,10 @@ mod tests {
                 "day_of_week",
                 "source",
                 "partition",
-                "offset"
+                "offset",
+                "merchant_category",
+                "risk_tier",
+                "merchant_country"
             ]
         );
         assert_type(&b, "amount", DataType::Decimal128(18, 2), false);
@@ -846,6 +882,19 @@ mod tests {
         assert_eq!(str_vals(&b, "source"), ["transactions"; 4]);
         assert_eq!(i32s(&b, "partition"), [0, 3, 1, i32::MAX]);
         assert_eq!(i64s(&b, "offset"), [0, 17, 5_000_000_000, 2]);
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            strs(&b, "merchant_category"),
+            [some("grocery"), None, None, some("")]
+        );
+        assert_eq!(strs(&b, "risk_tier"), [some("HIGH"), None, None, some("LOW")]);
+        assert_eq!(
+            strs(&b, "merchant_country"),
+            [some("DE"), None, None, some("ZZ")]
+        );
+        for c in ["merchant_category", "risk_tier", "merchant_country"] {
+            assert_type(&b, c, DataType::Utf8, true);
+        }
 
         // The Parquet logical types themselves.
         use parquet::basic::TimeUnit as PTimeUnit;
@@ -1131,9 +1180,20 @@ mod tests {
                 offset: 1,
                 raw: vec![],
             },
+            // A merchants reference row: named by its own source and index.
+            Reject {
+                reason: RejectReason::BadField,
+                partition: tidemark_dataflow::source::REFERENCE_BASE + 1,
+                offset: 3,
+                raw: b"{}".to_vec(),
+            },
         ];
         let refs: Vec<&Reject> = rows.iter().collect();
-        let b = read_back(encode_rejects(&refs, "transactions").unwrap());
+        let names = SourceNames {
+            main: "transactions".into(),
+            reference: "merchants".into(),
+        };
+        let b = read_back(encode_rejects(&refs, &names).unwrap());
         let names: Vec<_> = b
             .schema()
             .fields()
@@ -1155,11 +1215,11 @@ mod tests {
         assert_type(&b, "offset", DataType::Int64, false);
         assert_eq!(
             str_vals(&b, "raw"),
-            ["{\"not\": json\r", "//54AA==", "é", ""]
+            ["{\"not\": json\r", "//54AA==", "é", "", "{}"]
         );
         assert_eq!(
             str_vals(&b, "raw_encoding"),
-            ["utf8", "base64", "utf8", "utf8"]
+            ["utf8", "base64", "utf8", "utf8", "utf8"]
         );
         let decoded = base64::engine::general_purpose::STANDARD
             .decode("//54AA==")
@@ -1167,10 +1227,19 @@ mod tests {
         assert_eq!(decoded, rows[1].raw);
         assert_eq!(
             str_vals(&b, "reason"),
-            ["MALFORMED", "MALFORMED", "LATE", "TOO_LARGE"]
+            ["MALFORMED", "MALFORMED", "LATE", "TOO_LARGE", "BAD_FIELD"]
         );
-        assert_eq!(str_vals(&b, "source"), ["transactions"; 4]);
-        assert_eq!(i32s(&b, "partition"), [2, 0, 1, 1]);
-        assert_eq!(i64s(&b, "offset"), [7, 8, 0, 1]);
+        assert_eq!(
+            str_vals(&b, "source"),
+            [
+                "transactions",
+                "transactions",
+                "transactions",
+                "transactions",
+                "merchants"
+            ]
+        );
+        assert_eq!(i32s(&b, "partition"), [2, 0, 1, 1, 1]);
+        assert_eq!(i64s(&b, "offset"), [7, 8, 0, 1, 3]);
     }
 }

@@ -67,7 +67,14 @@ mod tests {
             offset: 17,
             raw: b"{bad".to_vec(),
         };
-        let bytes = encode_rejects(&[&r], "transactions").unwrap();
+        let bytes = encode_rejects(
+            &[&r],
+            &crate::manifest::SourceNames {
+                main: "transactions".into(),
+                reference: "merchants".into(),
+            },
+        )
+        .unwrap();
         let back = rows_as_json(bytes).unwrap();
         assert_eq!(
             Value::Object(back[0].clone()),

@@ -18,7 +18,7 @@ use tidemark_dataflow::job::JobStreams;
 use tidemark_dataflow::params::Params;
 use tidemark_dataflow::stateful::{Marker, Report};
 
-use crate::manifest::{file_name, sha256_hex, FileEntry, StateFile};
+use crate::manifest::{file_name, sha256_hex, FileEntry, SourceNames, StateFile};
 use crate::parquet_out::{self, ParquetFile};
 use crate::storage::Storage;
 
@@ -45,7 +45,8 @@ type PendingStates = Vec<(Option<Tick>, String, Vec<(u32, Vec<u8>)>)>;
 pub struct WriterConfig {
     pub storage: Arc<dyn Storage>,
     pub generation: u64,
-    pub source_name: String,
+    /// The sources' names, for the `source` columns.
+    pub names: SourceNames,
     pub params: Params,
 }
 
@@ -134,7 +135,7 @@ impl Inputs {
                 .push(x);
         }
         for (hour, rows) in by_hour {
-            let cols = parquet_out::transactions_columns(&rows, &cfg.source_name)
+            let cols = parquet_out::transactions_columns(&rows, &cfg.names.main)
                 .unwrap_or_else(|e| fail("transactions", e));
             epoch
                 .file(FileKey::Transactions(hour), cfg)
@@ -169,7 +170,7 @@ impl Inputs {
         epoch.see(t);
         if !rejs.is_empty() {
             let rows: Vec<&Reject> = rejs.iter().collect();
-            let cols = parquet_out::rejects_columns(&rows, &cfg.source_name)
+            let cols = parquet_out::rejects_columns(&rows, &cfg.names)
                 .unwrap_or_else(|e| fail("rejects", e));
             epoch
                 .file(FileKey::Rejects, cfg)

@@ -175,6 +175,10 @@ pub struct GenConfig {
     pub anomaly_fraction: f64,
     /// Out-of-order jitter (backwards), clamped to 8,000 ms.
     pub max_jitter_ms: i64,
+    /// Share of transactions sent to merchant rank 0 on top of the usual
+    /// Zipf-like spread, for skew benchmarks. Drawn from its own hash of the
+    /// record, so 0 leaves every byte as it was.
+    pub hot_merchant_share: f64,
 }
 
 impl Default for GenConfig {
@@ -192,6 +196,7 @@ impl Default for GenConfig {
             malformed_fraction: 0.005,
             anomaly_fraction: 0.0005,
             max_jitter_ms: 5_000,
+            hot_merchant_share: 0.0,
         }
     }
 }
@@ -601,14 +606,14 @@ impl Iterator for LabeledGen {
 // ---------------------------------------------------------------------------
 // Randomness
 
-fn mix64(mut z: u64) -> u64 {
+pub(crate) fn mix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
-fn unit(h: u64) -> f64 {
+pub(crate) fn unit(h: u64) -> f64 {
     (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
@@ -659,7 +664,7 @@ const STATUS_LOWER: [&[u8]; 3] = [b"completed", b"pending", b"failed"];
 const CURRENCY: [&[u8]; 3] = [b"USD", b"EUR", b"GBP"];
 const CURRENCY_LOWER: [&[u8]; 3] = [b"usd", b"eur", b"gbp"];
 
-const CATEGORIES: [&str; 10] = [
+pub(crate) const CATEGORIES: [&str; 10] = [
     "grocery",
     "electronics",
     "travel",
@@ -872,6 +877,7 @@ struct Ctx {
     merchants: Vec<Vec<u8>>,
     merchant_category: Vec<u8>,
     ln_merchants: f64,
+    hot_merchant_share: f64,
     categories: Vec<Vec<u8>>,
     th_late: f64,
     th_malformed: f64,
@@ -886,6 +892,24 @@ struct Ctx {
     reuse_back_i: u64,
 }
 
+/// The merchant of each rank (rank 0 the most frequent), as the
+/// transactions spell it.
+pub fn merchant_names(cfg: &GenConfig) -> Vec<String> {
+    let seed_key = seed_key(cfg);
+    let n_merchants = cfg.merchants.max(1);
+    let mwidth = (n_merchants - 1).to_string().len().max(4);
+    (0..n_merchants)
+        .map(|m| {
+            let base = MERCHANT_NAMES[(mix64(seed_key ^ 2 ^ (m << 8)) % 16) as usize];
+            format!("{base} #{m:0mwidth$}")
+        })
+        .collect()
+}
+
+pub(crate) fn seed_key(cfg: &GenConfig) -> u64 {
+    mix64(cfg.seed ^ 0x7469_6465_6d61_726b) // "tidemark"
+}
+
 fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);
@@ -895,7 +919,7 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 
 impl Ctx {
     fn new(cfg: &GenConfig) -> Ctx {
-        let seed_key = mix64(cfg.seed ^ 0x7469_6465_6d61_726b); // "tidemark"
+        let seed_key = seed_key(cfg);
         let customers = cfg.customers.max(1);
         let hot = customers.div_ceil(5);
         // A fixed permutation rank -> id: x * a + b mod n, gcd(a, n) = 1.
@@ -906,13 +930,9 @@ impl Ctx {
         let cust_add = mix64(seed_key ^ 1) % customers;
         let cust_width = (customers - 1).to_string().len().max(6);
         let n_merchants = cfg.merchants.max(1);
-        let mwidth = (n_merchants - 1).to_string().len().max(4);
-        let merchants = (0..n_merchants)
-            .map(|m| {
-                let base = MERCHANT_NAMES[(mix64(seed_key ^ 2 ^ (m << 8)) % 16) as usize];
-                let name = format!("{base} #{m:0mwidth$}");
-                serde_json::to_vec(&name).expect("string serializes")
-            })
+        let merchants = merchant_names(cfg)
+            .iter()
+            .map(|name| serde_json::to_vec(name).expect("string serializes"))
             .collect();
         let merchant_category = (0..n_merchants)
             .map(|m| (mix64(seed_key ^ 3 ^ (m << 8)) % CATEGORIES.len() as u64) as u8)
@@ -953,6 +973,7 @@ impl Ctx {
             merchants,
             merchant_category,
             ln_merchants: ((n_merchants + 1) as f64).ln(),
+            hot_merchant_share: clamp(cfg.hot_merchant_share),
             categories,
             th_late,
             th_malformed,
@@ -1081,7 +1102,17 @@ impl Ctx {
         };
         let merchant = {
             let x = (r.f64() * self.ln_merchants).exp() as u64;
-            (x.saturating_sub(1)).min(self.merchants.len() as u64 - 1) as u32
+            let usual = (x.saturating_sub(1)).min(self.merchants.len() as u64 - 1) as u32;
+            // Not from `r`: a share of 0 must leave the record stream as it is.
+            let hot = self.hot_merchant_share > 0.0
+                && unit(mix64(
+                    self.seed_key ^ 0x484f_5421 ^ mix64(self.global(q, k)),
+                )) < self.hot_merchant_share;
+            if hot {
+                0
+            } else {
+                usual
+            }
         };
         let status = match r.below(20) {
             0..=16 => COMPLETED,
@@ -1465,7 +1496,7 @@ fn push_amount(buf: &mut Vec<u8>, cents: i64, form: u8) {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -8,3 +8,4 @@ pub mod kafka;
 pub mod kinesis;
 pub mod kinesis_stream;
 pub mod kpl;
+pub mod merchants_gen;

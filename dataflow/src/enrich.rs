@@ -19,7 +19,7 @@ use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
 use differential_dataflow::trace::TraceReader;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
@@ -27,7 +27,8 @@ use timely::dataflow::StreamVec;
 use timely::progress::frontier::AntichainRef;
 use timely::progress::Antichain;
 
-use crate::event::{Millis, RiskTier, Tick, Txn};
+use crate::event::{key_group, key_hash, route, FastMap, Millis, RiskTier, Tick, Txn};
+use crate::stateful::{stateful, Emit, Logic, Marker, Report};
 
 /// One version of a merchant's reference row, ordered as SPEC 9 breaks
 /// ties: by `valid_from`, then partition, then offset.
@@ -44,15 +45,14 @@ pub struct Version {
 type Spine = ValSpine<String, Version, Tick, isize>;
 type Batcher = ValBatcher<String, Version, Tick, isize>;
 
-/// Joins `txns` (kept transactions at their ticks) with `versions`
-/// (accepted reference rows `(merchant, version)` at the tick of their
-/// `valid_from`): each transaction comes out at its own tick with the
-/// version it matches, if any.
+/// Joins `txns` (kept transactions at their ticks) with the merchants
+/// table's `updates` ([`table`]): each transaction comes out at its own
+/// tick, enriched from the version it matches, if any.
 pub fn enrich<'s>(
     txns: StreamVec<'s, Tick, Txn>,
-    versions: StreamVec<'s, Tick, (String, Version)>,
-) -> StreamVec<'s, Tick, (Txn, Option<Version>)> {
-    let updates = retract_superseded(versions.broadcast());
+    updates: StreamVec<'s, Tick, Update>,
+) -> StreamVec<'s, Tick, Txn> {
+    let updates = updates.broadcast();
     let arranged =
         arrange_core::<_, _, Batcher, Spine>(updates, Pipeline, "Merchants", Batcher::new);
     let mut trace = arranged.trace.clone();
@@ -92,9 +92,11 @@ pub fn enrich<'s>(
                         txns.sort_by(|a, b| a.merchant().cmp(b.merchant()));
                         cursor.rewind_keys(&storage);
                         let mut session = output.session(&cap);
-                        for txn in txns {
-                            let found = lookup(&mut cursor, &storage, &txn, t);
-                            session.give((txn, found));
+                        for mut txn in txns {
+                            if let Some(v) = lookup(&mut cursor, &storage, &txn, t) {
+                                txn.enrich(&v.merchant_category, v.risk_tier, &v.country);
+                            }
+                            session.give(txn);
                         }
                     }
                 }
@@ -153,62 +155,135 @@ where
     best.cloned()
 }
 
-/// Versions as differential updates: each one inserted at its tick, and
-/// retracted once the frontier `F` has passed the tick of a greater version
-/// of its merchant: a transaction at `F` or later has an event time at or
-/// after that version's `valid_from`, so the retracted one can no longer
-/// win. The newest version below the frontier and all later ones stay.
-fn retract_superseded<'s>(
-    versions: StreamVec<'s, Tick, (String, Version)>,
-) -> StreamVec<'s, Tick, ((String, Version), Tick, isize)> {
-    versions.unary_frontier(Pipeline, "RetractSuperseded", |cap, _info| {
-        let mut hold: Option<Capability<Tick>> = Some(cap);
-        // Per merchant: live versions and the tick each was inserted at.
-        let mut live: BTreeMap<String, BTreeMap<Version, Tick>> = BTreeMap::new();
-        move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                let t = *cap.least().expect("versions carry a time");
-                let cap = cap.delayed(&t, 0);
-                let mut session = output.session(&cap);
-                for (merchant, v) in data.drain(..) {
-                    live.entry(merchant.clone())
-                        .or_default()
-                        .insert(v.clone(), t);
-                    session.give(((merchant, v), t, 1));
-                }
-            });
-            let Some(f) = frontier.frontier().first().copied() else {
-                hold = None;
-                return;
-            };
-            if let Some(h) = hold.as_mut() {
-                if *h.time() < f {
-                    h.downgrade(&f);
-                }
-                let mut session = output.session(h);
-                for (merchant, versions) in live.iter_mut() {
-                    // The greatest version inserted before the frontier.
-                    let Some(keep) = versions
-                        .iter()
-                        .filter(|(_, t)| **t < f)
-                        .map(|(v, _)| v.clone())
-                        .max()
-                    else {
-                        continue;
-                    };
-                    let gone: Vec<Version> = versions
-                        .iter()
-                        .filter(|(v, t)| **t < f && **v < keep)
-                        .map(|(v, _)| v.clone())
-                        .collect();
-                    for v in gone {
-                        versions.remove(&v);
-                        session.give(((merchant.clone(), v), f, -1));
-                    }
+/// Per merchant, the versions that can still match, as differential
+/// updates: each version is inserted at its tick `t`, and once tick `t` is
+/// complete every older version of its merchant, and every other version
+/// inserted at `t` but the greatest, is retracted at `t + 1`: a transaction
+/// at `t + 1` or later has an event time past all of them, so only the
+/// greatest can win. Runs in the [`stateful`] frame, keyed by merchant, so
+/// the table is snapshotted with each epoch by key group.
+pub struct Table {
+    /// Per merchant: the greatest version of the ticks processed so far.
+    current: FastMap<String, Version>,
+    /// Restored versions not yet sent on, and the tick they go out at.
+    restored: Option<(Tick, Vec<(String, Version)>)>,
+}
+
+/// A merchant's key group.
+fn group_of(merchant: &str) -> u32 {
+    key_group(key_hash(merchant.as_bytes()))
+}
+
+/// Routes a version to the worker that owns its merchant.
+pub fn route_version(v: &(String, Version)) -> u64 {
+    route(key_hash(v.0.as_bytes()))
+}
+
+impl Table {
+    pub fn new() -> Self {
+        Table {
+            current: FastMap::default(),
+            restored: None,
+        }
+    }
+
+    /// Takes the versions of `groups` committed at `boundary`; they are sent
+    /// on at `boundary`, before any transaction that can look them up.
+    pub fn restore(&mut self, boundary: Tick, groups: &[(u32, Vec<u8>)]) {
+        let mut rows = Vec::new();
+        for (_, bytes) in groups {
+            let group: Vec<(String, Version)> =
+                bincode::deserialize(bytes).expect("merchants state decodes");
+            rows.extend(group);
+        }
+        self.current.extend(rows.iter().cloned());
+        self.restored = Some((boundary, rows));
+    }
+
+    pub fn merchants(&self) -> usize {
+        self.current.len()
+    }
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub type Update = ((String, Version), Tick, isize);
+
+impl Logic for Table {
+    type In = (String, Version);
+    type Out = Update;
+
+    fn name(&self) -> String {
+        "merchants".into()
+    }
+
+    fn on_tick(&mut self, t: Tick, batch: &mut Vec<(String, Version)>, out: &mut Emit<Update>) {
+        // Greatest last per merchant: versions of a later tick are greater.
+        batch.sort_unstable();
+        let mut i = 0;
+        while i < batch.len() {
+            let mut j = i;
+            while j < batch.len() && batch[j].0 == batch[i].0 {
+                j += 1;
+            }
+            let merchant = &batch[i].0;
+            if let Some(old) = self.current.get(merchant) {
+                out.rows
+                    .push((t + 1, ((merchant.clone(), old.clone()), t + 1, -1)));
+            }
+            for (k, (m, v)) in batch[i..j].iter().enumerate() {
+                out.rows.push((t, ((m.clone(), v.clone()), t, 1)));
+                if i + k + 1 < j {
+                    out.rows.push((t + 1, ((m.clone(), v.clone()), t + 1, -1)));
                 }
             }
+            let (m, v) = batch[j - 1].clone();
+            self.current.insert(m, v);
+            i = j;
         }
-    })
+        batch.clear();
+    }
+
+    fn flush(&mut self, limit: Option<Tick>, out: &mut Emit<Update>) {
+        if let Some((b, _)) = &self.restored {
+            if limit.is_none_or(|l| *b < l) {
+                let (b, rows) = self.restored.take().expect("restored rows");
+                out.rows.extend(rows.into_iter().map(|mv| (b, (mv, b, 1))));
+            }
+        }
+    }
+
+    fn pending(&self) -> Option<Tick> {
+        self.restored.as_ref().map(|(b, _)| *b)
+    }
+
+    fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
+        let mut groups: BTreeMap<u32, Vec<(&String, &Version)>> = BTreeMap::new();
+        for (m, v) in &self.current {
+            groups.entry(group_of(m)).or_default().push((m, v));
+        }
+        groups
+            .into_iter()
+            .map(|(g, mut rows)| {
+                rows.sort_unstable();
+                (g, bincode::serialize(&rows).expect("encode"))
+            })
+            .collect()
+    }
+}
+
+/// The merchants table kept by [`Table`] over `versions` (accepted
+/// reference rows at their ticks): its updates, and its state reports.
+pub fn table<'s>(
+    versions: StreamVec<'s, Tick, (String, Version)>,
+    markers: StreamVec<'s, Tick, Marker>,
+    logic: Table,
+) -> (StreamVec<'s, Tick, Update>, StreamVec<'s, Tick, Report>) {
+    stateful(versions, Exchange::new(route_version), markers, logic)
 }
 
 #[cfg(test)]
@@ -252,13 +327,14 @@ mod tests {
 
     const TICK: Millis = 1000;
 
-    /// Runs the join on two workers: worker 0 feeds the versions, worker 1
-    /// the transactions, each at its tick (in tick order: an input cannot
-    /// go back), while the other input may be anywhere.
-    fn run(
-        versions: Vec<(String, Version)>,
-        txns: Vec<Txn>,
-    ) -> Vec<(String, Tick, Option<Version>)> {
+    /// What a transaction was enriched with: the version's category,
+    /// which the tests make unique per version.
+    type Got = (String, Tick, Option<String>);
+
+    /// Runs table and join on two workers: worker 0 feeds the versions,
+    /// worker 1 the transactions, each at its tick (in tick order: an input
+    /// cannot go back), while the other input may be anywhere.
+    fn run(versions: Vec<(String, Version)>, txns: Vec<Txn>) -> Vec<Got> {
         let out = Arc::new(Mutex::new(Vec::new()));
         let sink = out.clone();
         timely::execute(timely::Config::process(2), move |worker| {
@@ -266,19 +342,27 @@ mod tests {
             let sink = sink.clone();
             let mut versions_in = Handle::<Tick, (String, Version)>::new();
             let mut txns_in = Handle::<Tick, Txn>::new();
+            let mut markers_in = Handle::<Tick, Marker>::new();
             worker.dataflow::<Tick, _, _>(|scope| {
                 let versions = scope.input_from(&mut versions_in);
                 let txns = scope.input_from(&mut txns_in);
-                enrich(txns, versions).inspect_core(move |event| {
+                let markers = scope.input_from(&mut markers_in);
+                let (updates, _) = table(versions, markers, Table::new());
+                enrich(txns, updates).inspect_core(move |event| {
                     if let Ok((stamp, data)) = event {
                         let t = *stamp.least().expect("a time");
                         let mut sink = sink.lock().unwrap();
-                        for (txn, v) in data {
-                            sink.push((txn.transaction_id().to_owned(), t, v.clone()));
+                        for txn in data {
+                            sink.push((
+                                txn.transaction_id().to_owned(),
+                                t,
+                                txn.merchant_category().map(str::to_owned),
+                            ));
                         }
                     }
                 });
             });
+            markers_in.close();
             if index == 0 {
                 let mut vs = versions.clone();
                 vs.sort_by_key(|(_, v)| v.valid_from / TICK);
@@ -348,69 +432,100 @@ mod tests {
             ("t8", 30, None),
             ("t9", 35, Some(late_arrival.clone())),
         ];
-        let want: Vec<(String, Tick, Option<Version>)> = want
+        let want: Vec<Got> = want
             .into_iter()
-            .map(|(id, t, v)| (id.to_owned(), t, v))
+            .map(|(id, t, v)| (id.to_owned(), t, v.map(|v| v.merchant_category)))
             .collect();
         assert_eq!(got, want);
     }
 
-    #[test]
-    fn superseded_versions_are_retracted_once_the_frontier_passes_their_successor() {
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let sink = out.clone();
-        timely::execute_directly(move |worker| {
-            let mut input = Handle::<Tick, (String, Version)>::new();
-            worker.dataflow::<Tick, _, _>(|scope| {
-                retract_superseded(scope.input_from(&mut input)).inspect_core(move |event| {
-                    if let Ok((_, data)) = event {
-                        sink.lock().unwrap().extend(data.iter().cloned());
-                    }
-                });
-            });
-            let m = |s: &str| s.to_owned();
-            for (merchant, v) in [
-                (m("m1"), version(10_000, 0, 0, RiskTier::Low)),
-                (m("m1"), version(10_500, 0, 1, RiskTier::Low)),
-                (m("m2"), version(12_000, 0, 2, RiskTier::Low)),
-                (m("m1"), version(20_000, 0, 3, RiskTier::Low)),
-                (m("m1"), version(40_000, 0, 4, RiskTier::Low)),
-            ] {
-                input.advance_to(v.valid_from / TICK);
-                input.send((merchant, v));
-                worker.step();
-            }
-            // The input is at 40 s: the frontier has passed 20 s, not 40 s.
-            for _ in 0..10 {
-                worker.step();
-            }
-        });
-        let updates = out.lock().unwrap().clone();
+    /// The table's updates summed per (merchant, valid_from) at or
+    /// before `at`: what a lookup at tick `at` sees.
+    fn live_at(updates: &[(Tick, Update)], at: Tick) -> Vec<(String, Millis)> {
         let mut net: BTreeMap<(String, Millis), isize> = BTreeMap::new();
-        for ((m, v), t, d) in &updates {
-            if *d < 0 {
-                // Only once the frontier has passed a greater version's tick.
-                assert!(
-                    updates
-                        .iter()
-                        .any(|((m2, w), t2, d2)| m2 == m && w > v && *d2 > 0 && *t2 < *t),
-                    "{m} {v:?} retracted at {t}"
-                );
+        for (emitted, ((m, v), t, d)) in updates {
+            assert_eq!(emitted, t, "an update goes out at its own time");
+            if *t <= at {
+                *net.entry((m.clone(), v.valid_from)).or_default() += d;
             }
-            *net.entry((m.clone(), v.valid_from)).or_default() += d;
         }
-        let live: Vec<(String, Millis)> = net
-            .into_iter()
+        assert!(net.values().all(|d| *d == 0 || *d == 1), "{net:?}");
+        net.into_iter()
             .filter(|(_, d)| *d > 0)
             .map(|(k, _)| k)
-            .collect();
-        assert_eq!(
-            live,
+            .collect()
+    }
+
+    #[test]
+    fn the_table_keeps_what_can_still_match_and_restores_it() {
+        let m = |s: &str| s.to_owned();
+        let mut table = Table::new();
+        let mut out = Emit::default();
+        let feed =
+            |table: &mut Table, out: &mut Emit<Update>, t: Tick, vs: Vec<(String, Version)>| {
+                let mut batch = vs;
+                table.on_tick(t, &mut batch, out);
+            };
+        feed(
+            &mut table,
+            &mut out,
+            10,
             vec![
-                ("m1".to_owned(), 20_000),
-                ("m1".to_owned(), 40_000),
-                ("m2".to_owned(), 12_000)
-            ]
+                (m("m1"), version(10_500, 0, 1, RiskTier::Low)),
+                (m("m1"), version(10_000, 0, 0, RiskTier::Low)),
+                (m("m2"), version(10_200, 0, 2, RiskTier::Low)),
+            ],
         );
+        feed(
+            &mut table,
+            &mut out,
+            20,
+            vec![(m("m1"), version(20_000, 0, 3, RiskTier::High))],
+        );
+        // At tick 10 both versions of m1 may match (by event time within
+        // the tick); from tick 11 only the greater; from 21 only the newest.
+        assert_eq!(
+            live_at(&out.rows, 10),
+            vec![(m("m1"), 10_000), (m("m1"), 10_500), (m("m2"), 10_200)]
+        );
+        assert_eq!(
+            live_at(&out.rows, 11),
+            vec![(m("m1"), 10_500), (m("m2"), 10_200)]
+        );
+        assert_eq!(
+            live_at(&out.rows, 20),
+            vec![(m("m1"), 10_500), (m("m1"), 20_000), (m("m2"), 10_200)]
+        );
+        assert_eq!(
+            live_at(&out.rows, 21),
+            vec![(m("m1"), 20_000), (m("m2"), 10_200)]
+        );
+
+        // A restore at boundary 25 holds the newest version per merchant,
+        // sent on at 25 once the frame flushes past it, and supersedes them
+        // like any other.
+        let mut restored = Table::new();
+        restored.restore(25, &table.snapshot());
+        assert_eq!(restored.pending(), Some(25));
+        let mut out = Emit::default();
+        restored.flush(Some(25), &mut out);
+        assert!(out.rows.is_empty(), "sent before its tick may be flushed");
+        restored.flush(Some(26), &mut out);
+        assert_eq!(restored.pending(), None);
+        feed(
+            &mut restored,
+            &mut out,
+            30,
+            vec![(m("m2"), version(30_000, 1, 0, RiskTier::Medium))],
+        );
+        assert_eq!(
+            live_at(&out.rows, 25),
+            vec![(m("m1"), 20_000), (m("m2"), 10_200)]
+        );
+        assert_eq!(
+            live_at(&out.rows, 31),
+            vec![(m("m1"), 20_000), (m("m2"), 30_000)]
+        );
+        assert_eq!(restored.merchants(), 2);
     }
 }

@@ -149,7 +149,10 @@ const MERCHANT: usize = 2;
 const CATEGORY: usize = 3;
 const TIMESTAMP: usize = 4;
 const METADATA: usize = 5;
-const N_TEXT_FIELDS: usize = 6;
+/// Enrichment (SPEC 9), empty until [`Txn::enrich`] finds a row.
+const MERCHANT_CATEGORY: usize = 6;
+const MERCHANT_COUNTRY: usize = 7;
+const N_TEXT_FIELDS: usize = 8;
 
 /// A valid transaction record, as read from one source partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,8 +163,12 @@ pub struct Txn {
     pub offset: u64,
     pub currency: Currency,
     pub status: Status,
+    /// The matched reference row's risk tier; `None` when no row matched
+    /// (then the enriched text fields are empty too).
+    pub risk_tier: Option<RiskTier>,
     /// transaction_id, customer_id, merchant, category, the raw `timestamp`
-    /// string and the canonical metadata JSON (empty when absent), back to back.
+    /// string, the canonical metadata JSON (empty when absent), then the
+    /// enriched merchant_category and merchant_country, back to back.
     text: String,
     ends: [u32; N_TEXT_FIELDS],
 }
@@ -197,12 +204,16 @@ impl Txn {
             text.timestamp,
             text.metadata,
         ];
-        let mut buf = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        // Room for a typical enrichment, so it does not reallocate.
+        let mut buf = String::with_capacity(len + 24);
         let mut ends = [0u32; N_TEXT_FIELDS];
         for (i, p) in parts.iter().enumerate() {
             buf.push_str(p);
             ends[i] = buf.len() as u32;
         }
+        ends[MERCHANT_CATEGORY] = buf.len() as u32;
+        ends[MERCHANT_COUNTRY] = buf.len() as u32;
         Txn {
             event_time,
             amount_cents,
@@ -210,9 +221,20 @@ impl Txn {
             offset,
             currency,
             status,
+            risk_tier: None,
             text: buf,
             ends,
         }
+    }
+
+    /// Takes the matched reference row's fields (SPEC 9).
+    pub fn enrich(&mut self, merchant_category: &str, risk_tier: RiskTier, country: &str) {
+        self.text.truncate(self.ends[METADATA] as usize);
+        self.text.push_str(merchant_category);
+        self.ends[MERCHANT_CATEGORY] = self.text.len() as u32;
+        self.text.push_str(country);
+        self.ends[MERCHANT_COUNTRY] = self.text.len() as u32;
+        self.risk_tier = Some(risk_tier);
     }
 
     #[inline]
@@ -240,15 +262,27 @@ impl Txn {
     pub fn metadata(&self) -> Option<&str> {
         Some(self.field(METADATA)).filter(|m| !m.is_empty())
     }
-    /// The value of a group-by field, by name; `None` for an unknown field.
-    pub fn group_field(&self, name: GroupField) -> &str {
-        match name {
+    /// The enriched `merchant_category`, `None` when no reference row matched.
+    pub fn merchant_category(&self) -> Option<&str> {
+        self.risk_tier.map(|_| self.field(MERCHANT_CATEGORY))
+    }
+    /// The enriched `merchant_country`, `None` when no reference row matched.
+    pub fn merchant_country(&self) -> Option<&str> {
+        self.risk_tier.map(|_| self.field(MERCHANT_COUNTRY))
+    }
+    /// The value of a group-by field; `None` for an enriched field of a
+    /// transaction no reference row matched.
+    pub fn group_field(&self, name: GroupField) -> Option<&str> {
+        Some(match name {
             GroupField::Status => self.status.as_str(),
             GroupField::Currency => self.currency.as_str(),
             GroupField::CustomerId => self.customer_id(),
             GroupField::Merchant => self.merchant(),
             GroupField::Category => self.category(),
-        }
+            GroupField::MerchantCategory => return self.merchant_category(),
+            GroupField::RiskTier => self.risk_tier?.as_str(),
+            GroupField::MerchantCountry => return self.merchant_country(),
+        })
     }
 }
 
@@ -260,6 +294,10 @@ pub enum GroupField {
     CustomerId,
     Merchant,
     Category,
+    /// Enriched from the merchants reference table (SPEC 9).
+    MerchantCategory,
+    RiskTier,
+    MerchantCountry,
 }
 
 impl GroupField {
@@ -270,6 +308,9 @@ impl GroupField {
             "customer_id" => GroupField::CustomerId,
             "merchant" => GroupField::Merchant,
             "category" => GroupField::Category,
+            "merchant_category" => GroupField::MerchantCategory,
+            "risk_tier" => GroupField::RiskTier,
+            "merchant_country" => GroupField::MerchantCountry,
             _ => return None,
         })
     }
@@ -280,7 +321,18 @@ impl GroupField {
             GroupField::CustomerId => "customer_id",
             GroupField::Merchant => "merchant",
             GroupField::Category => "category",
+            GroupField::MerchantCategory => "merchant_category",
+            GroupField::RiskTier => "risk_tier",
+            GroupField::MerchantCountry => "merchant_country",
         }
+    }
+
+    /// Whether the value comes from the reference table (and may be null).
+    pub fn is_enriched(self) -> bool {
+        matches!(
+            self,
+            GroupField::MerchantCategory | GroupField::RiskTier | GroupField::MerchantCountry
+        )
     }
 }
 

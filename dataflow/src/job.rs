@@ -9,9 +9,10 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::StreamVec;
 
 use crate::dedup::{route_txn, Dedup};
+use crate::enrich::{enrich, table, Table, Version};
 use crate::event::{Anomaly, Reject, Tick, Txn, WindowRow};
 use crate::params::Params;
-use crate::source::PositionEntry;
+use crate::source::{PositionEntry, SourceStreams};
 use crate::stateful::{stateful, Marker, Report};
 use crate::ticker::ticker;
 use crate::window::{group_key, route_key, WinIn, Windows};
@@ -42,16 +43,27 @@ pub struct JobStreams<'s> {
     pub markers: StreamVec<'s, Tick, Marker>,
 }
 
-/// Builds dedup, windows and detectors over the sources' streams.
+/// Builds dedup, enrichment, windows and detectors over the sources'
+/// streams: the transactions source, and the merchants reference source
+/// (SPEC 9) if there is one.
 pub fn build<'s>(
     params: &Params,
-    txns: StreamVec<'s, Tick, Txn>,
-    rejects: StreamVec<'s, Tick, Reject>,
-    positions: StreamVec<'s, Tick, PositionEntry>,
+    source: SourceStreams<'s>,
+    reference: Option<SourceStreams<'s, (String, Version)>>,
     restored: &Restored,
     min_wall: Duration,
 ) -> JobStreams<'s> {
+    let (txns, rejects, positions) = source;
     let scope = txns.scope();
+    // Reference rejects and positions are the job's like any source's.
+    let (versions, rejects, positions) = match reference {
+        Some((versions, r, p)) => (
+            Some(versions),
+            scope.concatenate([rejects, r]),
+            scope.concatenate([positions, p]),
+        ),
+        None => (None, rejects, positions),
+    };
     let interval_ticks = params.checkpoint_interval_ms / params.tick_ms;
     let markers = ticker(
         positions.clone(),
@@ -64,6 +76,19 @@ pub fn build<'s>(
     dedup.restore(restored.groups(&crate::stateful::Logic::name(&dedup)));
     let (kept, dedup_reports) = stateful(txns, Exchange::new(route_txn), markers.clone(), dedup);
     let mut reports = vec![dedup_reports];
+
+    let kept = match versions {
+        Some(versions) => {
+            let mut logic = Table::new();
+            if let Some(b) = restored.boundary {
+                logic.restore(b, restored.groups(&crate::stateful::Logic::name(&logic)));
+            }
+            let (updates, r) = table(versions, markers.clone(), logic);
+            reports.push(r);
+            enrich(kept, updates)
+        }
+        None => kept,
+    };
 
     let (kept, window_inputs, z_in) = fan_out(kept, params);
     let mut window_streams = Vec::new();

@@ -20,6 +20,12 @@ use crate::params::Params;
 use crate::record::parse_record;
 use crate::time::tick_of;
 
+/// Partitions of the reference source (SPEC 9) are numbered from here
+/// inside the dataflow, so one `u32` names a partition of either source;
+/// outputs and manifests name them by the reference source's name and
+/// their own index (see `checkpoint::manifest::SourceNames`).
+pub const REFERENCE_BASE: u32 = 1 << 31;
+
 /// Raw records of one partition, back to back, without per-record allocation.
 #[derive(Default)]
 pub struct RawBatch {
@@ -260,10 +266,17 @@ pub fn source<'s>(
     partitions: Vec<(PartitionStart, Box<dyn PartitionReader>)>,
     probe: ProbeHandle<Tick>,
 ) -> SourceStreams<'s> {
-    source_of::<Transactions>(scope, name, params, config, partitions, probe)
+    source_of::<Transactions>(scope, name, params, config, partitions, probe, None)
 }
 
 /// Builds the source operator over this worker's partitions of records `D`.
+///
+/// With `follow` (another source's positions), this source's time follows
+/// that stream's frontier while all its partitions are idle: a reference
+/// table that has not changed for a while must not hold the job back
+/// (SPEC 3's idle partitions), and a row that then arrives behind the
+/// job's time is late against it.
+#[allow(clippy::too_many_arguments)]
 pub fn source_of<'s, D: Decode>(
     scope: Scope<'s, Tick>,
     name: &str,
@@ -271,8 +284,11 @@ pub fn source_of<'s, D: Decode>(
     config: SourceConfig,
     partitions: Vec<(PartitionStart, Box<dyn PartitionReader>)>,
     probe: ProbeHandle<Tick>,
+    follow: Option<StreamVec<'s, Tick, PositionEntry>>,
 ) -> SourceStreams<'s, D::Out> {
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let mut follow_in =
+        follow.map(|s| builder.new_input(s, timely::dataflow::channels::pact::Pipeline));
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
     let (txn_out, txns) = builder.new_output();
@@ -310,7 +326,10 @@ pub fn source_of<'s, D: Decode>(
         let mut total_read = 0u64;
         let mut cursor = 0usize;
 
-        move |_frontiers| {
+        move |frontiers| {
+            if let Some(input) = follow_in.as_mut() {
+                input.for_each(|_, _| {});
+            }
             let Some([txn_cap, rej_cap, pos_cap]) = caps.as_mut() else {
                 return;
             };
@@ -508,12 +527,18 @@ pub fn source_of<'s, D: Decode>(
             }
             let active = live.iter().filter(|p| !p.idle);
             let wm = active.map(|p| p.watermark_tick(&params)).min();
-            // All idle: hold at the largest watermark until one produces again.
+            // All idle: hold at the largest watermark until one produces
+            // again, or follow the followed stream's time.
             let wm = wm.unwrap_or_else(|| {
-                live.iter()
+                let held = live
+                    .iter()
                     .map(|p| p.watermark_tick(&params))
                     .max()
-                    .unwrap()
+                    .unwrap();
+                let followed = follow_in
+                    .as_ref()
+                    .and_then(|_| frontiers[0].frontier().iter().min().copied());
+                followed.map_or(held, |f| held.max(f))
             });
             if wm > *txn_cap.time() {
                 txn_cap.downgrade(&wm);
@@ -926,6 +951,7 @@ mod tests {
                         Box::new(VecReader(rows.into(), 0)) as Box<dyn PartitionReader>,
                     )],
                     ProbeHandle::new(),
+                    None,
                 );
                 (v.capture(), r.capture())
             });

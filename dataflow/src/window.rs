@@ -24,14 +24,19 @@ pub struct WinIn {
 }
 
 /// The group key of a transaction under `spec`: the values joined with `|`,
-/// each with `|` and `\` escaped by `\` (see `zscore::unescape_key`).
+/// each with `|` and `\` escaped by `\` (see `zscore::unescape_key`). A
+/// null value (an enriched field without a reference row) is [`NULL_VALUE`],
+/// which no escaped value can be.
 pub fn group_key(spec: &WindowSpec, t: &Txn) -> String {
     let mut key = String::new();
     for (i, f) in spec.group_by.iter().enumerate() {
         if i > 0 {
             key.push('|');
         }
-        let v = t.group_field(*f);
+        let Some(v) = t.group_field(*f) else {
+            key.push_str(NULL_VALUE);
+            continue;
+        };
         if !v.contains(['|', '\\']) {
             key.push_str(v);
             continue;
@@ -45,6 +50,10 @@ pub fn group_key(spec: &WindowSpec, t: &Txn) -> String {
     }
     key
 }
+
+/// A null group value inside a key: `\N`, since escaping only ever puts
+/// `|` or `\` after a `\`.
+pub const NULL_VALUE: &str = "\\N";
 
 #[inline]
 pub fn route_key(key: &str) -> u64 {

@@ -268,7 +268,8 @@ pub fn unescape_key(key: &str) -> String {
     let mut chars = key.chars();
     while let Some(c) = chars.next() {
         if c == '\\' {
-            out.extend(chars.next());
+            // `\N` is a null value (window::NULL_VALUE): nothing to show.
+            out.extend(chars.next().filter(|&n| n != 'N'));
         } else {
             out.push(c);
         }
@@ -429,6 +430,7 @@ mod tests {
     fn unescape_joins_group_values_plainly() {
         assert_eq!(unescape_key(r"a\|b|c\\d"), r"a|b|c\d");
         assert_eq!(unescape_key("plain"), "plain");
+        assert_eq!(unescape_key(r"a|\N|b"), "a||b");
     }
 
     trait Single {
