@@ -531,3 +531,111 @@ fn null_binary_and_oversized_messages_are_rejects_not_crashes() {
         }
     }
 }
+
+/// Rows with keys, each to the partition given, in order.
+fn produce_keyed(broker: &Tansu, topic: &str, rows: &[(i32, String, Vec<u8>)]) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::ClientConfig;
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for (partition, key, value) in rows {
+        let rec = BaseRecord::<str, [u8]>::to(topic)
+            .partition(*partition)
+            .key(key.as_str())
+            .payload(value);
+        p.send(rec).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[test]
+fn merchants_from_a_compacted_topic_enrich_as_the_spec_says() {
+    use common::reference::{
+        compute_enriched, default_window_specs, read_records, RefParams, WindowKind, WindowSpec,
+    };
+    let tmp = common::tempdir();
+    let broker = Tansu::start();
+
+    // Transactions and their merchants table; the transactions go in as in
+    // the other tests, file i to partition i.
+    let input = tmp.join("in");
+    let table = tmp.join("merchants.jsonl");
+    common::run_ok(&[
+        "generate",
+        "--output",
+        input.to_str().unwrap(),
+        "--events",
+        "30000",
+        "--partitions",
+        "4",
+        "--seed",
+        "34",
+        "--events-per-sec",
+        "200",
+        "--merchants",
+        table.to_str().unwrap(),
+    ]);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    produce(&broker, "payments", &files);
+
+    // The table keyed by merchant over two partitions of a compacted topic.
+    // The partition is our own choice of the key, so the SPEC can be computed
+    // from the same per-partition orders (ties across partitions and
+    // lateness per partition both depend on them).
+    broker.create_topic_with("merchants", 2, &["cleanup.policy=compact"]);
+    let mut parts: Vec<Vec<Vec<u8>>> = vec![Vec::new(), Vec::new()];
+    let mut keyed = Vec::new();
+    for row in read_records(&table) {
+        let key = serde_json::from_slice::<serde_json::Value>(&row)
+            .ok()
+            .and_then(|v| v.get("merchant")?.as_str().map(str::to_string))
+            .unwrap_or_else(|| "unreadable".to_string());
+        let p = key.bytes().fold(0u32, |h, b| h.wrapping_mul(31) + b as u32) % 2;
+        parts[p as usize].push(row.clone());
+        keyed.push((p as i32, key, row));
+    }
+    assert!(parts.iter().all(|p| p.len() > 100), "both partitions used");
+    produce_keyed(&broker, "merchants", &keyed);
+
+    let windows = "[[windows]]\nname = \"status_1m\"\nkind = \"tumbling\"\nsize = \"1m\"\ngroup_by = [\"status\"]\n\n\
+        [[windows]]\nname = \"merchant_5m\"\nkind = \"sliding\"\nsize = \"5m\"\nslide = \"1m\"\ngroup_by = [\"merchant\"]\n\n\
+        [[windows]]\nname = \"customer_session\"\nkind = \"session\"\ngap = \"30m\"\ngroup_by = [\"customer_id\"]\n\n\
+        [[windows]]\nname = \"risk_tier_1m\"\nkind = \"tumbling\"\nsize = \"1m\"\ngroup_by = [\"risk_tier\"]\n";
+    let config = kafka_config_with(
+        &tmp,
+        &broker,
+        "payments",
+        "tidemark-ref",
+        &format!("\n[reference]\nkind = \"kafka\"\ntopic = \"merchants\"\n\n{windows}"),
+    );
+    let out = tmp.join("kafka-reference");
+    finish(
+        run_cmd(&config, &out, &["-w", "2"]).spawn().unwrap(),
+        "kafka reference",
+    );
+
+    let mut p = RefParams::default();
+    assert_eq!(p.windows, default_window_specs(), "the three specs above");
+    p.windows.push(WindowSpec::new(
+        "risk_tier_1m",
+        WindowKind::Tumbling { size_ms: 60_000 },
+        &["risk_tier"],
+    ));
+    let txns: Vec<Vec<Vec<u8>>> = files.iter().map(|f| read_records(f)).collect();
+    let expected = compute_enriched(&txns, &parts, &p);
+    let enriched = expected
+        .transactions
+        .iter()
+        .filter(|t| t.risk_tier.is_some())
+        .count();
+    assert!(enriched > expected.transactions.len() / 2, "{enriched}");
+    assert!(expected.rejects.iter().any(|r| r.source == "merchants"));
+    assert_same(&expected, &read_committed(&out));
+}

@@ -8,8 +8,9 @@ mod common;
 use std::path::PathBuf;
 
 use common::reference::{
-    self, amount_cents, compute, compute_lineage, compute_records, parse_json, parse_timestamp,
-    AnomalyRow, Json, Outputs, RefParams, WindowKind, WindowRow, WindowSpec,
+    self, amount_cents, compute, compute_enriched, compute_files_enriched, compute_lineage,
+    compute_records, parse_json, parse_timestamp, AnomalyRow, Json, Outputs, RefParams, WindowKind,
+    WindowRow, WindowSpec,
 };
 
 /// 2024-01-01T00:00:00Z (a Monday) in Unix milliseconds.
@@ -1080,6 +1081,618 @@ fn window_z_history_is_a_ring_of_rows() {
         (Some(T0 + 6 * MIN), 3)
     );
     assert!((got[0].z - 8.0 / 2f64.sqrt()).abs() < 1e-12);
+}
+
+// ---------------------------------------------------------------------------
+// SPEC 9: enrichment with the merchants reference table
+// ---------------------------------------------------------------------------
+
+/// A valid merchants reference row.
+fn mrow(merchant: &str, at: i64, category: &str, tier: &str, country: &str) -> String {
+    format!(
+        r#"{{"merchant":"{merchant}","valid_from":"{}","merchant_category":"{category}","risk_tier":"{tier}","country":"{country}"}}"#,
+        ts(at)
+    )
+}
+
+/// A valid reference row (merchant m1, valid from T0) with one field
+/// replaced by raw JSON text (None removes it; a replaced or new field goes
+/// last).
+fn mrow_with(field: &str, value: Option<&str>) -> String {
+    let mut fields: Vec<(String, String)> = [
+        ("merchant", r#""m1""#),
+        ("valid_from", r#""2024-01-01T00:00:00Z""#),
+        ("merchant_category", r#""food""#),
+        ("risk_tier", r#""LOW""#),
+        ("country", r#""US""#),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    fields.retain(|(k, _)| k != field);
+    if let Some(v) = value {
+        fields.push((field.to_string(), v.to_string()));
+    }
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    format!("{{{}}}", body.join(","))
+}
+
+fn to_bytes(parts: &[Vec<String>]) -> Vec<Vec<Vec<u8>>> {
+    parts
+        .iter()
+        .map(|lines| lines.iter().map(|l| l.as_bytes().to_vec()).collect())
+        .collect()
+}
+
+fn run_enriched_with(txns: &[Vec<String>], refs: &[Vec<String>], p: &RefParams) -> Outputs {
+    compute_enriched(&to_bytes(txns), &to_bytes(refs), p)
+}
+
+fn run_enriched(txns: &[Vec<String>], refs: &[Vec<String>]) -> Outputs {
+    run_enriched_with(txns, refs, &RefParams::default())
+}
+
+/// (transaction_id, merchant_category, risk_tier, merchant_country) of every
+/// kept transaction, sorted.
+fn enrichment(out: &Outputs) -> Vec<(String, Option<String>, Option<String>, Option<String>)> {
+    let mut v: Vec<_> = out
+        .transactions
+        .iter()
+        .map(|t| {
+            (
+                t.transaction_id.clone(),
+                t.merchant_category.clone(),
+                t.risk_tier.clone(),
+                t.merchant_country.clone(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// An expected `enrichment` entry; `None` for no match.
+fn joined(
+    id: &str,
+    to: Option<(&str, &str, &str)>,
+) -> (String, Option<String>, Option<String>, Option<String>) {
+    match to {
+        Some((c, t, k)) => (
+            id.to_string(),
+            Some(c.to_string()),
+            Some(t.to_string()),
+            Some(k.to_string()),
+        ),
+        None => (id.to_string(), None, None, None),
+    }
+}
+
+/// (source, partition, offset, reason) of every reject, sorted.
+fn reject_list(out: &Outputs) -> Vec<(String, i32, i64, String)> {
+    let mut v: Vec<_> = out
+        .rejects
+        .iter()
+        .map(|r| (r.source.clone(), r.partition, r.offset, r.reason.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn rj(source: &str, partition: i32, offset: i64, reason: &str) -> (String, i32, i64, String) {
+    (source.to_string(), partition, offset, reason.to_string())
+}
+
+#[test]
+fn as_of_join_takes_the_latest_version_at_or_before_the_event_time() {
+    let refs = vec![vec![
+        mrow("m2", 0, "cat-m2", "HIGH", "DE"),
+        mrow("m1", 10 * MIN, "cat-a", "LOW", "US"),
+        mrow("m1", 20 * MIN, "cat-b", "MEDIUM", "GB"),
+        mrow("m1", 30 * MIN, "cat-c", "HIGH", "FR"),
+    ]];
+    let txns = vec![
+        vec![rec("d", "c", "1.00", "COMPLETED", "m1", 9 * MIN)], // kept copy: before v1
+        vec![
+            rec("t0", "c", "1.00", "COMPLETED", "m1", 5 * MIN), // before any version of m1
+            rec("t1", "c", "1.00", "COMPLETED", "m1", 10 * MIN), // exactly v1's valid_from
+            rec("t2", "c", "1.00", "COMPLETED", "m1", 15 * MIN), // between v1 and v2
+            rec("t3", "c", "1.00", "COMPLETED", "m1", 20 * MIN - 1), // just before v2
+            rec("t4", "c", "1.00", "COMPLETED", "m1", 20 * MIN), // exactly v2
+            rec("t5", "c", "1.00", "COMPLETED", "m1", 40 * MIN), // after the last version
+            rec("t6", "c", "1.00", "COMPLETED", "nobody", 40 * MIN), // merchant without rows
+            rec("t7", "c", "1.00", "COMPLETED", "m2", 40 * MIN),
+        ],
+        // A duplicate of "d" 2 min later (after v1): dropped; the kept copy
+        // at 9 min joins as of its own time.
+        vec![rec("d", "c", "1.00", "COMPLETED", "m1", 11 * MIN)],
+    ];
+    let out = run_enriched(&txns, &refs);
+    assert_eq!(out.duplicates, 1);
+    assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+    assert_eq!(
+        enrichment(&out),
+        vec![
+            joined("d", None),
+            joined("t0", None),
+            joined("t1", Some(("cat-a", "LOW", "US"))),
+            joined("t2", Some(("cat-a", "LOW", "US"))),
+            joined("t3", Some(("cat-a", "LOW", "US"))),
+            joined("t4", Some(("cat-b", "MEDIUM", "GB"))),
+            joined("t5", Some(("cat-c", "HIGH", "FR"))),
+            joined("t6", None),
+            joined("t7", Some(("cat-m2", "HIGH", "DE"))),
+        ]
+    );
+
+    // A transaction before any version, on its own.
+    let out = run_enriched(
+        &[vec![rec(
+            "early",
+            "c",
+            "1.00",
+            "COMPLETED",
+            "m1",
+            10 * MIN - 1,
+        )]],
+        &refs,
+    );
+    assert_eq!(enrichment(&out), vec![joined("early", None)]);
+}
+
+#[test]
+fn as_of_join_ties_go_to_the_later_row_in_partition_order() {
+    let at = 10 * MIN;
+    let refs = vec![
+        vec![
+            mrow("m1", at, "a0", "LOW", "P0"),
+            mrow("m3", at, "c0", "LOW", "P0"),
+            mrow("m3", at, "c1", "MEDIUM", "P0"), // same partition, higher offset: wins
+            mrow("m1", at, "a3", "LOW", "P0"),
+        ],
+        vec![
+            mrow("m1", at, "b0", "HIGH", "P1"), // higher partition beats partition 0's offset 3
+            mrow("m2", at, "d0", "MEDIUM", "P1"),
+        ],
+        vec![
+            mrow("m2", at - 1, "e0", "HIGH", "P2"), // higher partition, earlier valid_from: loses
+        ],
+    ];
+    let txns = vec![vec![
+        rec("x1", "c", "1.00", "COMPLETED", "m1", at),
+        rec("x2", "c", "1.00", "COMPLETED", "m2", at),
+        rec("x3", "c", "1.00", "COMPLETED", "m3", at),
+        rec("y2", "c", "1.00", "COMPLETED", "m2", at + 5 * SEC),
+    ]];
+    let out = run_enriched(&txns, &refs);
+    assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+    assert_eq!(
+        enrichment(&out),
+        vec![
+            joined("x1", Some(("b0", "HIGH", "P1"))),
+            joined("x2", Some(("d0", "MEDIUM", "P1"))),
+            joined("x3", Some(("c1", "MEDIUM", "P0"))),
+            joined("y2", Some(("d0", "MEDIUM", "P1"))),
+        ]
+    );
+
+    // The later of two identical-time rows in one partition, and reference
+    // rows are not deduplicated: the same row twice is fine.
+    let refs = vec![vec![
+        mrow("m1", at, "first", "LOW", "US"),
+        mrow("m1", at, "second", "LOW", "US"),
+        mrow("m1", at, "second", "LOW", "US"),
+    ]];
+    let out = run_enriched(&[vec![rec("x", "c", "1.00", "COMPLETED", "m1", at)]], &refs);
+    assert!(out.rejects.is_empty());
+    assert_eq!(
+        enrichment(&out),
+        vec![joined("x", Some(("second", "LOW", "US")))]
+    );
+}
+
+#[test]
+fn reference_rejects_reasons_and_precedence() {
+    let base = mrow_with("risk_tier", Some(r#""LOW""#));
+    let max = 300;
+    assert!(base.len() < max);
+    // Exactly max_record_bytes: fine. Pad the category to reach it.
+    let pad = max - mrow_with("merchant_category", Some(r#""""#)).len();
+    let exact = mrow_with(
+        "merchant_category",
+        Some(&format!("\"{}\"", "x".repeat(pad))),
+    )
+    .replace(r#""merchant":"m1""#, r#""merchant":"m3""#);
+    assert_eq!(exact.len(), max);
+    let mut bad_utf8 = base.clone().into_bytes();
+    bad_utf8[3] = 0xff;
+
+    let rows: Vec<Vec<u8>> = [
+        // 0: accepted
+        base.clone(),
+        // 1: TOO_LARGE, one byte over
+        format!("{exact} "),
+        // 2: TOO_LARGE beats MALFORMED
+        "x".repeat(max + 1),
+        // 3-6: MALFORMED
+        base[..base.len() - 1].to_string(),
+        "[]".to_string(),
+        format!("{},\"risk_tier\":\"HIGH\"}}", &base[..base.len() - 1]),
+        String::new(),
+        // 7: placeholder for the non-UTF-8 row
+        String::new(),
+        // 8-9: MISSING_FIELD, absent and null
+        mrow_with("country", None),
+        mrow_with("valid_from", Some("null")),
+        // 10-14: BAD_FIELD
+        mrow_with("risk_tier", Some(r#""CRITICAL""#)),
+        mrow_with("risk_tier", Some(r#""low""#)),
+        mrow_with("merchant", Some("7")),
+        mrow_with("risk_tier", Some("1")),
+        mrow_with("country", Some(r#"["US"]"#)),
+        // 15-16: BAD_TIMESTAMP
+        mrow_with("valid_from", Some(r#""2024-02-30T00:00:00Z""#)),
+        mrow_with("valid_from", Some("1704067200000")),
+        // 17: MISSING_FIELD beats a bad risk tier
+        mrow_with("risk_tier", Some(r#""CRITICAL""#)).replace(r#","country":"US""#, ""),
+        // 18: BAD_FIELD beats BAD_TIMESTAMP
+        mrow_with("risk_tier", Some(r#""low""#))
+            .replace("2024-01-01T00:00:00Z", "2024-01-01 00:00:00Z"),
+        // 19: accepted: empty strings, any metadata, unknown keys
+        mrow_with("metadata", Some(r#"[1,{"a":null}]"#))
+            .replace(r#""merchant":"m1""#, r#""merchant":"m2""#)
+            .replace(r#""merchant_category":"food""#, r#""merchant_category":"""#)
+            .replace(r#""country":"US""#, r#""country":"""#),
+        // 20: accepted at exactly max_record_bytes
+        exact.clone(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    let mut rows = rows;
+    rows[7] = bad_utf8;
+
+    let p = RefParams {
+        max_record_bytes: max,
+        ..RefParams::default()
+    };
+    let txns = vec![vec![
+        rec("t1", "c", "1.00", "COMPLETED", "m1", 0),
+        rec("t2", "c", "1.00", "COMPLETED", "m2", 0),
+        rec("t3", "c", "1.00", "COMPLETED", "m3", 0),
+    ]];
+    let out = compute_enriched(&to_bytes(&txns), &[rows], &p);
+    let m = |offset: i64, reason: &str| rj("merchants", 0, offset, reason);
+    assert_eq!(
+        reject_list(&out),
+        vec![
+            m(1, "TOO_LARGE"),
+            m(2, "TOO_LARGE"),
+            m(3, "MALFORMED"),
+            m(4, "MALFORMED"),
+            m(5, "MALFORMED"),
+            m(6, "MALFORMED"),
+            m(7, "MALFORMED"),
+            m(8, "MISSING_FIELD"),
+            m(9, "MISSING_FIELD"),
+            m(10, "BAD_FIELD"),
+            m(11, "BAD_FIELD"),
+            m(12, "BAD_FIELD"),
+            m(13, "BAD_FIELD"),
+            m(14, "BAD_FIELD"),
+            m(15, "BAD_TIMESTAMP"),
+            m(16, "BAD_TIMESTAMP"),
+            m(17, "MISSING_FIELD"),
+            m(18, "BAD_FIELD"),
+        ]
+    );
+    // Raw bytes are kept as for transactions.
+    let raw_of = |offset: i64| {
+        let r = out.rejects.iter().find(|r| r.offset == offset).unwrap();
+        (r.raw.clone(), r.raw_encoding.clone())
+    };
+    assert_eq!(raw_of(4), ("[]".to_string(), "utf8".to_string()));
+    assert_eq!(raw_of(7).1, "base64");
+    // Rejected rows (such as offset 10, m1 "CRITICAL") enrich nothing.
+    assert_eq!(
+        enrichment(&out),
+        vec![
+            joined("t1", Some(("food", "LOW", "US"))),
+            joined("t2", Some(("", "LOW", ""))),
+            joined("t3", Some((&"x".repeat(pad), "LOW", "US"))),
+        ]
+    );
+}
+
+#[test]
+fn reference_source_name_is_configurable() {
+    let p = RefParams {
+        reference_source: "shops".to_string(),
+        ..RefParams::default()
+    };
+    let out = run_enriched_with(&[], &[vec![], vec!["nope".to_string()]], &p);
+    assert_eq!(reject_list(&out), vec![rj("shops", 1, 0, "MALFORMED")]);
+    assert!(out.transactions.is_empty());
+}
+
+#[test]
+fn reference_lateness_is_per_reference_partition() {
+    let refs = vec![
+        vec![
+            mrow("m1", 100 * SEC, "v100", "LOW", "US"), // max_ts 100 s, wm 90 s
+            mrow("m1", 90 * SEC - 1, "late", "LOW", "US"), // below wm: LATE
+            mrow("m1", 90 * SEC, "at-wm", "LOW", "US"), // at wm: accepted
+            // BAD_FIELD: does not move max_ts
+            mrow("m1", 500 * SEC, "bad", "CRITICAL", "US"),
+            mrow("m1", 95 * SEC, "v95", "LOW", "US"), // accepted
+        ],
+        // Its own partition: not late although partition 0 is at 100 s.
+        vec![mrow("m2", 0, "own", "HIGH", "GB")],
+    ];
+    let txns = vec![
+        // Transaction partition 0 is far ahead; reference partition 0 is
+        // judged on its own and transactions on theirs.
+        vec![rec("far", "c", "1.00", "COMPLETED", "m2", 1000 * SEC)],
+        vec![
+            rec("x", "c", "1.00", "COMPLETED", "m1", 90 * SEC - 1), // only the late row would match
+            rec("y", "c", "1.00", "COMPLETED", "m1", 92 * SEC),
+            rec("z", "c", "1.00", "COMPLETED", "m1", 99 * SEC),
+            rec("w", "c", "1.00", "COMPLETED", "m1", 100 * SEC),
+        ],
+    ];
+    let out = run_enriched(&txns, &refs);
+    assert_eq!(
+        reject_list(&out),
+        vec![
+            rj("merchants", 0, 1, "LATE"),
+            rj("merchants", 0, 3, "BAD_FIELD")
+        ]
+    );
+    assert_eq!(
+        enrichment(&out),
+        vec![
+            joined("far", Some(("own", "HIGH", "GB"))),
+            joined("w", Some(("v100", "LOW", "US"))),
+            joined("x", None),
+            joined("y", Some(("at-wm", "LOW", "US"))),
+            joined("z", Some(("v95", "LOW", "US"))),
+        ]
+    );
+    // Transaction lateness does not see reference rows: a transaction far
+    // below reference partition 0's watermark is on time.
+    let out = run_enriched(
+        &[vec![rec("t", "c", "1.00", "COMPLETED", "m1", 0)]],
+        &[vec![mrow("m1", 1000 * SEC, "v", "LOW", "US")]],
+    );
+    assert!(out.rejects.is_empty());
+    assert_eq!(enrichment(&out), vec![joined("t", None)]);
+}
+
+fn enriched_window_params() -> RefParams {
+    RefParams {
+        windows: vec![
+            WindowSpec::new(
+                "tier_1m",
+                WindowKind::Tumbling { size_ms: MIN },
+                &["risk_tier"],
+            ),
+            WindowSpec::new(
+                "country_status_1m",
+                WindowKind::Tumbling { size_ms: MIN },
+                &["merchant_country", "status"],
+            ),
+        ],
+        window_z_spec: None,
+        ..RefParams::default()
+    }
+}
+
+#[test]
+fn windows_group_by_enriched_fields_with_null_groups() {
+    let refs = vec![vec![
+        mrow("m1", 0, "shop", "HIGH", "US"),
+        mrow("m2", 0, "shop", "LOW", "GB"),
+        mrow("m1", MIN + 30 * SEC, "shop", "LOW", "FR"), // m1 changes inside minute 1
+    ]];
+    let txns = vec![vec![
+        rec("1", "c", "1.00", "COMPLETED", "m1", 10 * SEC), // HIGH, US
+        rec("2", "c", "2.00", "COMPLETED", "m2", 20 * SEC), // LOW, GB
+        rec("3", "c", "4.00", "FAILED", "m3", 30 * SEC),    // no row
+        rec("4", "c", "8.00", "COMPLETED", "m1", MIN + 10 * SEC), // HIGH, US
+        rec("5", "c", "16.00", "FAILED", "m1", MIN + 40 * SEC), // LOW, FR
+        rec("6", "c", "32.00", "COMPLETED", "m9", MIN + 50 * SEC), // no row
+    ]];
+    let out = run_enriched_with(&txns, &refs, &enriched_window_params());
+
+    let tier = |v: Option<&str>| vec![("risk_tier".to_string(), v.map(str::to_string))];
+    let got: Vec<_> = windows_of(&out, "tier_1m")
+        .iter()
+        .map(|w| {
+            (
+                w.window_start - T0,
+                w.window_end - T0,
+                w.group.clone(),
+                w.txn_count,
+                w.sum_cents,
+                w.avg_amount,
+                w.min_cents,
+                w.max_cents,
+            )
+        })
+        .collect();
+    let row = |start: i64, g, cents: i64| {
+        (
+            start,
+            start + MIN,
+            g,
+            Some(1),
+            Some(cents),
+            Some(cents as f64 / 100.0),
+            Some(cents),
+            Some(cents),
+        )
+    };
+    assert_eq!(
+        got,
+        vec![
+            row(0, tier(None), 400),
+            row(0, tier(Some("HIGH")), 100),
+            row(0, tier(Some("LOW")), 200),
+            row(MIN, tier(None), 3200),
+            row(MIN, tier(Some("HIGH")), 800),
+            row(MIN, tier(Some("LOW")), 1600),
+        ]
+    );
+
+    let cs = |country: Option<&str>, status: &str| {
+        vec![
+            ("merchant_country".to_string(), country.map(str::to_string)),
+            ("status".to_string(), Some(status.to_string())),
+        ]
+    };
+    let got: Vec<_> = windows_of(&out, "country_status_1m")
+        .iter()
+        .map(|w| (w.window_start - T0, w.group.clone(), w.sum_cents))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, cs(None, "FAILED"), Some(400)),
+            (0, cs(Some("GB"), "COMPLETED"), Some(200)),
+            (0, cs(Some("US"), "COMPLETED"), Some(100)),
+            (MIN, cs(None, "COMPLETED"), Some(3200)),
+            (MIN, cs(Some("FR"), "FAILED"), Some(1600)),
+            (MIN, cs(Some("US"), "COMPLETED"), Some(800)),
+        ]
+    );
+
+    // The same transactions unenriched: every enriched group is null.
+    let out = run_with(&txns, &enriched_window_params());
+    let got: Vec<_> = windows_of(&out, "tier_1m")
+        .iter()
+        .map(|w| (w.window_start - T0, w.group.clone(), w.txn_count))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, tier(None), Some(3)), (MIN, tier(None), Some(3))]
+    );
+}
+
+#[test]
+fn window_anomaly_keys_write_null_as_empty() {
+    // Merchant "m9" has no row, "m1" has one (HIGH). Per-minute counts of
+    // m9's FAILED transactions: 1, 2, 1, then 10 (m1 adds 1 COMPLETED each minute).
+    // Ring [1, 2, 1]: n=3, S=4, Q=6, nQ−S²=2, z = (3·10 − 4)/√2 = 26/√2.
+    let refs = vec![vec![mrow("m1", 0, "shop", "HIGH", "US")]];
+    let mut lines = Vec::new();
+    for (minute, n) in [(0i64, 1i64), (1, 2), (2, 1), (3, 10)] {
+        lines.push(rec(
+            &format!("k{minute}"),
+            "c",
+            "1.00",
+            "COMPLETED",
+            "m1",
+            minute * MIN,
+        ));
+        for i in 0..n {
+            lines.push(rec(
+                &format!("n{minute}-{i}"),
+                "c",
+                "1.00",
+                "FAILED",
+                "m9",
+                minute * MIN + (i + 1) * SEC,
+            ));
+        }
+    }
+    let txns = vec![lines];
+    for (spec, key) in [("tier_1m", ""), ("country_status_1m", "|FAILED")] {
+        let p = RefParams {
+            window_z_spec: Some(spec.to_string()),
+            window_z_metrics: vec!["txn_count".to_string()],
+            window_min_history: 3,
+            ..enriched_window_params()
+        };
+        let out = run_enriched_with(&txns, &refs, &p);
+        let got: Vec<&AnomalyRow> = out
+            .anomalies
+            .iter()
+            .filter(|a| a.kind == "window")
+            .collect();
+        // The HIGH / US|COMPLETED group has a flat history of 1s: stddev 0.
+        assert_eq!(got.len(), 1, "{spec}: {got:#?}");
+        let a = got[0];
+        assert_eq!(
+            (
+                a.key.as_str(),
+                a.window.as_deref(),
+                a.window_start,
+                a.history_count,
+                a.value
+            ),
+            (key, Some(spec), Some(T0 + 3 * MIN), 3, 10.0)
+        );
+        assert!((a.z - 26.0 / 2f64.sqrt()).abs() < 1e-12, "{}", a.z);
+    }
+}
+
+#[test]
+fn unenriched_computations_have_null_enriched_fields() {
+    let line = simple("t", 0);
+    let none = |out: &Outputs| {
+        assert_eq!(out.transactions.len(), 1);
+        let t = &out.transactions[0];
+        assert_eq!(
+            (&t.merchant_category, &t.risk_tier, &t.merchant_country),
+            (&None, &None, &None)
+        );
+    };
+    none(&run(&[vec![line.clone()]]));
+    let parts = to_bytes(&[vec![line.clone()]]);
+    none(&compute_lineage(&parts, &[None], &RefParams::default()));
+    let dir = common::tempdir();
+    let files = vec![dir.join("t.jsonl")];
+    std::fs::write(&files[0], format!("{line}\n")).unwrap();
+    none(&compute(&files, &RefParams::default()));
+    // Enriched, but without any reference row.
+    none(&compute_enriched(&parts, &[], &RefParams::default()));
+    none(&compute_files_enriched(&files, &[], &RefParams::default()));
+}
+
+#[test]
+fn enriched_files_are_partitions_in_sorted_path_order() {
+    let dir = common::tempdir();
+    let at = 10 * MIN;
+    // b.jsonl is reference partition 1 (sorted after a.jsonl.gz), so its
+    // tying row wins; its broken line is a reject of partition 1, offset 1.
+    std::fs::write(
+        dir.join("b.jsonl"),
+        format!("{}\nbroken\n", mrow("m1", at, "from-b", "HIGH", "GB")),
+    )
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(
+        &mut gz,
+        format!("{}\n", mrow("m1", at, "from-a", "LOW", "US")).as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("a.jsonl.gz"), gz.finish().unwrap()).unwrap();
+    std::fs::write(
+        dir.join("t.jsonl"),
+        format!("{}\n", rec("x", "c", "1.00", "COMPLETED", "m1", at)),
+    )
+    .unwrap();
+
+    let out = compute_files_enriched(
+        &[dir.join("t.jsonl")],
+        &[dir.join("b.jsonl"), dir.join("a.jsonl.gz")],
+        &RefParams::default(),
+    );
+    assert_eq!(
+        enrichment(&out),
+        vec![joined("x", Some(("from-b", "HIGH", "GB")))]
+    );
+    assert_eq!(reject_list(&out), vec![rj("merchants", 1, 1, "MALFORMED")]);
+    assert_eq!(out.rejects[0].raw, "broken");
 }
 
 // ---------------------------------------------------------------------------

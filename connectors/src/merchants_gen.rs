@@ -15,8 +15,8 @@
 //!   jittered up to 5 s backwards: out of order, never late.
 //! * **Late rows** (every tenth slot from the eighth): a row 75 s behind,
 //!   a `LATE` reject of the reference source.
-//! * **Bad rows** (every tenth slot from the fourth): alternately
-//!   `"risk_tier":"CRITICAL"` (`BAD_FIELD`) and an object cut short
+//! * **Bad rows** (every tenth slot from the fourth): one with
+//!   `"risk_tier":"CRITICAL"` (`BAD_FIELD`) and one object cut short
 //!   (`MALFORMED`).
 //!
 //! Updates stop after [`MAX_UPDATE_SPAN_MS`] of event time, so an endless
@@ -180,15 +180,12 @@ impl MerchantRows {
         if self.cfg.bad_rows && slot % 10 == 3 {
             let rank = ranks[2];
             let at = t + 2_000;
-            let row = if slot % 20 == 3 {
-                let country = COUNTRIES[(slot as usize / 20) % COUNTRIES.len()];
-                self.format(rank, at, CATEGORIES[0], "CRITICAL", country)
-            } else {
-                let mut row = self.row(rank, 7, at);
-                row.truncate(row.len() / 2);
-                row
-            };
-            self.pending.push_back(row);
+            let country = COUNTRIES[(slot as usize / 10) % COUNTRIES.len()];
+            let critical = self.format(rank, at, CATEGORIES[0], "CRITICAL", country);
+            self.pending.push_back(critical);
+            let mut cut = self.row(rank, 7, at);
+            cut.truncate(cut.len() / 2);
+            self.pending.push_back(cut);
         }
     }
 }
@@ -284,7 +281,7 @@ mod tests {
             assert_eq!(per_rank.contains_key(name), rank % 10 != 7, "rank {rank}");
         }
         // 400 s of event time: 20 slots, 2 late rows, 2 bad rows of each kind.
-        assert_eq!((late, bad_field, malformed), (2, 1, 1));
+        assert_eq!((late, bad_field, malformed), (2, 2, 2));
         // The hottest merchant changes twice within some minute.
         let hot = &per_rank[&names[0]];
         assert!(hot.len() > 8, "{hot:?}");

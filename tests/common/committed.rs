@@ -180,6 +180,16 @@ impl Batch<'_> {
         (0..c.len()).map(get).collect()
     }
 
+    /// `opt_strings`, where a column missing from the file's schema reads as
+    /// all null (a file written before the column existed).
+    fn opt_strings_or_null(&self, name: &str) -> Vec<Option<String>> {
+        if self.batch.schema().index_of(name).is_ok() {
+            self.opt_strings(name)
+        } else {
+            vec![None; self.batch.num_rows()]
+        }
+    }
+
     fn opt_i64s(&self, name: &str) -> Vec<Option<i64>> {
         let c = self.col(name);
         let a = c
@@ -270,6 +280,10 @@ fn transaction_rows(b: &Batch, rel: &str) -> Vec<TransactionRow> {
     let source = b.strings("source");
     let partition = b.i32s("partition");
     let offset = b.i64s("offset");
+    // SPEC 9: nullable (no merchants row matched).
+    let merchant_category = b.opt_strings_or_null("merchant_category");
+    let risk_tier = b.opt_strings_or_null("risk_tier");
+    let merchant_country = b.opt_strings_or_null("merchant_country");
     (0..b.batch.num_rows())
         .map(|i| {
             // Storage is partitioned by event date and hour (docs/outputs.md).
@@ -300,6 +314,9 @@ fn transaction_rows(b: &Batch, rel: &str) -> Vec<TransactionRow> {
                 source: source[i].clone(),
                 partition: partition[i],
                 offset: offset[i],
+                merchant_category: merchant_category[i].clone(),
+                risk_tier: risk_tier[i].clone(),
+                merchant_country: merchant_country[i].clone(),
             }
         })
         .collect()
@@ -329,6 +346,8 @@ fn window_rows(b: &Batch, rel: &str) -> Vec<WindowRow> {
         .map(|f| f.name().clone())
         .filter(|n| !WINDOW_FIXED_COLUMNS.contains(&n.as_str()))
         .collect();
+    // Nullable: an enriched field (SPEC 9) is null for transactions without
+    // a merchants row, which is a group of its own.
     let group_values: Vec<Vec<Option<String>>> =
         group_fields.iter().map(|f| b.opt_strings(f)).collect();
     let n = b.batch.num_rows();
@@ -440,6 +459,8 @@ fn close_opt(a: Option<f64>, b: Option<f64>) -> bool {
     }
 }
 
+/// Every column exactly equal (the derived `PartialEq`), the enriched ones
+/// of SPEC 9 (`merchant_category`, `risk_tier`, `merchant_country`) included.
 fn same_transaction(a: &TransactionRow, b: &TransactionRow) -> bool {
     a == b
 }

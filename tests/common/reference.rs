@@ -1,10 +1,12 @@
 //! The test oracle: an independent, deliberately simple reading of SPEC.md
-//! (sections 1-7) and docs/outputs.md over bounded JSON Lines input.
+//! (sections 1-7, and 9: enrichment from a merchants reference table) and
+//! docs/outputs.md over bounded JSON Lines input.
 //!
 //! Everything here is single-threaded and computed from definitions, not from
 //! the job's streaming machinery: the input is read fully, lateness is judged
-//! per partition in read order, and every later step (dedup, windows,
-//! anomalies) sorts the accepted records and applies SPEC's definition.
+//! per partition in read order, and every later step (dedup, the as-of join
+//! with the reference table, windows, anomalies) sorts the accepted records
+//! and applies SPEC's definition.
 //!
 //! JSON is checked by a small parser of our own (RFC 8259, strict): it sees
 //! duplicate keys, lone surrogate escapes, BOMs and the exact literal of
@@ -83,6 +85,8 @@ pub fn default_window_specs() -> Vec<WindowSpec> {
 pub struct RefParams {
     /// The `source` column of transactions and rejects.
     pub source: String,
+    /// The `source` column of the merchants reference table's rejects (SPEC 9).
+    pub reference_source: String,
     pub max_out_of_orderness_ms: i64,
     pub dedup_horizon_ms: i64,
     pub max_record_bytes: usize,
@@ -104,6 +108,7 @@ impl Default for RefParams {
     fn default() -> RefParams {
         RefParams {
             source: "transactions".to_string(),
+            reference_source: "merchants".to_string(),
             max_out_of_orderness_ms: 10_000,
             dedup_horizon_ms: 10 * 60_000,
             max_record_bytes: 1_048_576,
@@ -146,6 +151,13 @@ pub struct TransactionRow {
     pub source: String,
     pub partition: i32,
     pub offset: i64,
+    /// SPEC 9, from the merchants row the transaction joined as of its event
+    /// time; None when no row matches (and always from the unenriched
+    /// `compute*` functions).
+    pub merchant_category: Option<String>,
+    pub risk_tier: Option<String>,
+    /// The reference row's `country`.
+    pub merchant_country: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -816,6 +828,141 @@ fn validate(raw: &[u8], max_record_bytes: usize) -> Result<Valid, &'static str> 
 }
 
 // ---------------------------------------------------------------------------
+// SPEC 9: merchants reference rows
+// ---------------------------------------------------------------------------
+
+/// A merchants reference row that passed SPEC 9's rules except lateness.
+#[derive(Clone, Debug)]
+struct RefValid {
+    merchant: String,
+    valid_from: i64,
+    merchant_category: String,
+    risk_tier: String,
+    country: String,
+}
+
+/// SPEC 9's rules for a reference row, with SPEC 2's reason codes in their
+/// precedence order, except `LATE`.
+fn validate_reference(raw: &[u8], max_record_bytes: usize) -> Result<RefValid, &'static str> {
+    if raw.len() > max_record_bytes {
+        return Err("TOO_LARGE");
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| "MALFORMED")?;
+    let members = match parse_json(text) {
+        Ok(Json::Object(members)) => members,
+        _ => return Err("MALFORMED"),
+    };
+    let fields: HashMap<&str, &Json> = members.iter().map(|(k, v)| (k.as_str(), v)).collect();
+
+    let required = [
+        "merchant",
+        "valid_from",
+        "merchant_category",
+        "risk_tier",
+        "country",
+    ];
+    for name in required {
+        match fields.get(name) {
+            None | Some(Json::Null) => return Err("MISSING_FIELD"),
+            Some(_) => {}
+        }
+    }
+    let as_str = |name: &str| -> Option<String> {
+        match fields[name] {
+            Json::String(s) => Some(s.clone()),
+            _ => None,
+        }
+    };
+
+    // BAD_FIELD: the strings, and a risk tier that is not one of the three.
+    let merchant = as_str("merchant").ok_or("BAD_FIELD")?;
+    let merchant_category = as_str("merchant_category").ok_or("BAD_FIELD")?;
+    let country = as_str("country").ok_or("BAD_FIELD")?;
+    let risk_tier = as_str("risk_tier")
+        .filter(|t| ["LOW", "MEDIUM", "HIGH"].contains(&t.as_str()))
+        .ok_or("BAD_FIELD")?;
+
+    // BAD_TIMESTAMP
+    let valid_from = as_str("valid_from")
+        .and_then(|s| parse_timestamp(&s))
+        .ok_or("BAD_TIMESTAMP")?;
+
+    Ok(RefValid {
+        merchant,
+        valid_from,
+        merchant_category,
+        risk_tier,
+        country,
+    })
+}
+
+/// An accepted (valid, not late) reference row with its position.
+#[derive(Clone, Debug)]
+struct RefAccepted {
+    v: RefValid,
+    partition: i32,
+    offset: i64,
+}
+
+/// The merchants table for the as-of join: per merchant, its accepted rows
+/// in (valid_from, partition, offset) order.
+struct MerchantTable {
+    by_merchant: HashMap<String, Vec<RefAccepted>>,
+}
+
+impl MerchantTable {
+    /// Validates the reference partitions and judges lateness in each one's
+    /// own order (SPEC 3 and 9); rejects go to `out.rejects`.
+    fn build(reference: &[Vec<Vec<u8>>], p: &RefParams, out: &mut Outputs) -> MerchantTable {
+        let mut by_merchant: HashMap<String, Vec<RefAccepted>> = HashMap::new();
+        for (partition, rows) in reference.iter().enumerate() {
+            let partition = partition as i32;
+            let mut max_ts: Option<i64> = None;
+            for (offset, raw) in rows.iter().enumerate() {
+                let offset = offset as i64;
+                let verdict =
+                    validate_reference(raw, p.max_record_bytes).and_then(|v| match max_ts {
+                        Some(m) if v.valid_from < m - p.max_out_of_orderness_ms => Err("LATE"),
+                        _ => Ok(v),
+                    });
+                match verdict {
+                    Ok(v) => {
+                        max_ts = Some(max_ts.map_or(v.valid_from, |m| m.max(v.valid_from)));
+                        by_merchant
+                            .entry(v.merchant.clone())
+                            .or_default()
+                            .push(RefAccepted {
+                                v,
+                                partition,
+                                offset,
+                            });
+                    }
+                    Err(reason) => out.rejects.push(reject_row(
+                        raw,
+                        reason,
+                        &p.reference_source,
+                        partition,
+                        offset,
+                    )),
+                }
+            }
+        }
+        for rows in by_merchant.values_mut() {
+            rows.sort_by_key(|r| (r.v.valid_from, r.partition, r.offset));
+        }
+        MerchantTable { by_merchant }
+    }
+
+    /// The row of `merchant` as of `time`: the greatest (valid_from,
+    /// partition, offset) with valid_from <= time.
+    fn as_of(&self, merchant: &str, time: i64) -> Option<&RefValid> {
+        let rows = self.by_merchant.get(merchant)?;
+        let n = rows.partition_point(|r| r.v.valid_from <= time);
+        n.checked_sub(1).map(|i| &rows[i].v)
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The pipeline
 // ---------------------------------------------------------------------------
 
@@ -845,6 +992,47 @@ pub fn compute_records(partitions: &[Vec<Vec<u8>>], p: &RefParams) -> Outputs {
 pub fn compute_lineage(
     partitions: &[Vec<Vec<u8>>],
     inherit: &[Option<usize>],
+    p: &RefParams,
+) -> Outputs {
+    pipeline(partitions, inherit, None, p)
+}
+
+/// SPEC 1-9: `compute_records` with every kept transaction enriched from the
+/// merchants reference table (SPEC 9). `reference[j]` holds reference
+/// partition j's rows (JSON Lines records) in offset order; reference
+/// partitions are numbered on their own, from 0, and their rejects carry
+/// `p.reference_source`.
+pub fn compute_enriched(
+    partitions: &[Vec<Vec<u8>>],
+    reference: &[Vec<Vec<u8>>],
+    p: &RefParams,
+) -> Outputs {
+    pipeline(
+        partitions,
+        &vec![None; partitions.len()],
+        Some(reference),
+        p,
+    )
+}
+
+/// `compute_enriched` over files: each list in sorted path order, a file's
+/// partition index its position there (as `compute`).
+pub fn compute_files_enriched(
+    files: &[PathBuf],
+    reference_files: &[PathBuf],
+    p: &RefParams,
+) -> Outputs {
+    let read = |files: &[PathBuf]| -> Vec<Vec<Vec<u8>>> {
+        sort_paths(files).iter().map(|f| read_records(f)).collect()
+    };
+    compute_enriched(&read(files), &read(reference_files), p)
+}
+
+/// The shared pipeline; `reference: None` leaves transactions unenriched.
+fn pipeline(
+    partitions: &[Vec<Vec<u8>>],
+    inherit: &[Option<usize>],
+    reference: Option<&[Vec<Vec<u8>>]>,
     p: &RefParams,
 ) -> Outputs {
     let mut out = Outputs::default();
@@ -898,8 +1086,23 @@ pub fn compute_lineage(
         }
     }
 
+    // SPEC 9: the as-of join of every kept transaction with its merchant's row.
+    let table = reference.map(|r| MerchantTable::build(r, p, &mut out));
+    let joined: Vec<Option<&RefValid>> = kept
+        .iter()
+        .map(|a| {
+            table
+                .as_ref()
+                .and_then(|t| t.as_of(&a.v.merchant, a.v.event_time))
+        })
+        .collect();
+
     // SPEC 5
-    let txns: Vec<TransactionRow> = kept.iter().map(|a| transaction_row(a, &p.source)).collect();
+    let txns: Vec<TransactionRow> = kept
+        .iter()
+        .zip(&joined)
+        .map(|(a, r)| transaction_row(a, *r, &p.source))
+        .collect();
 
     // SPEC 6
     for spec in &p.windows {
@@ -960,7 +1163,9 @@ pub fn hour_and_weekday(ms: i64) -> (i32, i32) {
     (hour, weekday)
 }
 
-fn transaction_row(a: &Accepted, source: &str) -> TransactionRow {
+/// A kept transaction's row; `joined` is its merchants row as of its event
+/// time (SPEC 9), None when unenriched or without a match.
+fn transaction_row(a: &Accepted, joined: Option<&RefValid>, source: &str) -> TransactionRow {
     let v = &a.v;
     let (hour_of_day, day_of_week) = hour_and_weekday(v.event_time);
     TransactionRow {
@@ -985,23 +1190,32 @@ fn transaction_row(a: &Accepted, source: &str) -> TransactionRow {
         source: source.to_string(),
         partition: a.partition,
         offset: a.offset,
+        merchant_category: joined.map(|r| r.merchant_category.clone()),
+        risk_tier: joined.map(|r| r.risk_tier.clone()),
+        merchant_country: joined.map(|r| r.country.clone()),
     }
 }
 
-/// A string field of a transaction, for group-by.
-pub fn group_field(t: &TransactionRow, field: &str) -> String {
-    match field {
-        "transaction_id" => t.transaction_id.clone(),
-        "customer_id" => t.customer_id.clone(),
-        "currency" => t.currency.clone(),
-        "merchant" => t.merchant.clone(),
-        "category" => t.category.clone(),
-        "status" => t.status.clone(),
-        "timestamp" => t.timestamp.clone(),
-        "amount_category" => t.amount_category.clone(),
-        "source" => t.source.clone(),
+/// A string field of a transaction, for group-by. The enriched fields
+/// (SPEC 9) are None for a transaction without a merchants row; a None value
+/// is a group of its own.
+pub fn group_field(t: &TransactionRow, field: &str) -> Option<String> {
+    let value = match field {
+        "transaction_id" => &t.transaction_id,
+        "customer_id" => &t.customer_id,
+        "currency" => &t.currency,
+        "merchant" => &t.merchant,
+        "category" => &t.category,
+        "status" => &t.status,
+        "timestamp" => &t.timestamp,
+        "amount_category" => &t.amount_category,
+        "source" => &t.source,
+        "merchant_category" => return t.merchant_category.clone(),
+        "risk_tier" => return t.risk_tier.clone(),
+        "merchant_country" => return t.merchant_country.clone(),
         other => panic!("reference: unsupported group-by field {other}"),
-    }
+    };
+    Some(value.clone())
 }
 
 /// One window's aggregate for one group.
@@ -1009,8 +1223,9 @@ pub fn group_field(t: &TransactionRow, field: &str) -> String {
 struct WindowAgg {
     start: i64,
     end: i64,
-    /// Group values, in the spec's group_by order.
-    key: Vec<String>,
+    /// Group values, in the spec's group_by order (None: an enriched field
+    /// without a merchants row).
+    key: Vec<Option<String>>,
     count: i64,
     sum: i64,
     min: i64,
@@ -1018,7 +1233,7 @@ struct WindowAgg {
 }
 
 impl WindowAgg {
-    fn new(start: i64, end: i64, key: Vec<String>) -> WindowAgg {
+    fn new(start: i64, end: i64, key: Vec<Option<String>>) -> WindowAgg {
         WindowAgg {
             start,
             end,
@@ -1043,7 +1258,7 @@ impl WindowAgg {
             .group_by
             .iter()
             .cloned()
-            .zip(self.key.iter().map(|v| Some(v.clone())))
+            .zip(self.key.iter().cloned())
             .collect();
         group.sort();
         WindowRow {
@@ -1063,11 +1278,11 @@ impl WindowAgg {
 /// Every window row of a spec over the kept transactions, sorted by
 /// (key, start, end).
 fn window_aggregates(spec: &WindowSpec, txns: &[TransactionRow]) -> Vec<WindowAgg> {
-    let key_of = |t: &TransactionRow| -> Vec<String> {
+    let key_of = |t: &TransactionRow| -> Vec<Option<String>> {
         spec.group_by.iter().map(|f| group_field(t, f)).collect()
     };
-    let mut windows: BTreeMap<(Vec<String>, i64, i64), WindowAgg> = BTreeMap::new();
-    let mut add = |key: Vec<String>, start: i64, end: i64, cents: i64| {
+    let mut windows: BTreeMap<(Vec<Option<String>>, i64, i64), WindowAgg> = BTreeMap::new();
+    let mut add = |key: Vec<Option<String>>, start: i64, end: i64, cents: i64| {
         windows
             .entry((key.clone(), start, end))
             .or_insert_with(|| WindowAgg::new(start, end, key))
@@ -1091,7 +1306,7 @@ fn window_aggregates(spec: &WindowSpec, txns: &[TransactionRow]) -> Vec<WindowAg
             }
         }
         WindowKind::Session { gap_ms } => {
-            let mut by_key: BTreeMap<Vec<String>, Vec<&TransactionRow>> = BTreeMap::new();
+            let mut by_key: BTreeMap<Vec<Option<String>>, Vec<&TransactionRow>> = BTreeMap::new();
             for t in txns {
                 by_key.entry(key_of(t)).or_default().push(t);
             }
@@ -1185,13 +1400,20 @@ fn transaction_anomalies(txns: &[TransactionRow], p: &RefParams) -> Vec<AnomalyR
 }
 
 fn window_anomalies(spec: &WindowSpec, aggs: &[WindowAgg], p: &RefParams) -> Vec<AnomalyRow> {
-    // Group the spec's window rows by key, each in (start, end) order.
-    let mut by_key: BTreeMap<String, Vec<&WindowAgg>> = BTreeMap::new();
+    // Group the spec's window rows by key, each in (start, end) order. The
+    // anomaly `key` is the values joined with `|`, a None value written as
+    // ""; distinct groups keep distinct histories even when their joined
+    // texts coincide.
+    let mut by_key: BTreeMap<(String, Vec<Option<String>>), Vec<&WindowAgg>> = BTreeMap::new();
     for w in aggs {
-        by_key.entry(w.key.join("|")).or_default().push(w);
+        let text: Vec<&str> = w.key.iter().map(|v| v.as_deref().unwrap_or("")).collect();
+        by_key
+            .entry((text.join("|"), w.key.clone()))
+            .or_default()
+            .push(w);
     }
     let mut rows = Vec::new();
-    for (key, mut ws) in by_key {
+    for ((key, _), mut ws) in by_key {
         ws.sort_by_key(|w| (w.start, w.end));
         for metric in &p.window_z_metrics {
             let value_of = |w: &WindowAgg| -> i64 {

@@ -154,12 +154,18 @@ impl Tansu {
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(&self.bin)
-            .args(["topic", "create", "--broker", &self.url(), "--partitions"])
-            .arg(partitions.to_string())
-            .arg(name)
-            .output()
-            .expect("running tansu topic create");
+        self.create_topic_with(name, partitions, &[]);
+    }
+
+    /// With topic configs such as `cleanup.policy=compact`.
+    pub fn create_topic_with(&self, name: &str, partitions: u32, configs: &[&str]) {
+        let mut c = Command::new(&self.bin);
+        c.args(["topic", "create", "--broker", &self.url(), "--partitions"])
+            .arg(partitions.to_string());
+        for config in configs {
+            c.args(["--config", config]);
+        }
+        let out = c.arg(name).output().expect("running tansu topic create");
         assert!(
             out.status.success(),
             "tansu topic create {name}: {}{}",
