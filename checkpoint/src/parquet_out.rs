@@ -887,7 +887,10 @@ mod tests {
             strs(&b, "merchant_category"),
             [some("grocery"), None, None, some("")]
         );
-        assert_eq!(strs(&b, "risk_tier"), [some("HIGH"), None, None, some("LOW")]);
+        assert_eq!(
+            strs(&b, "risk_tier"),
+            [some("HIGH"), None, None, some("LOW")]
+        );
         assert_eq!(
             strs(&b, "merchant_country"),
             [some("DE"), None, None, some("ZZ")]
