@@ -87,13 +87,18 @@ pub fn enrich<'s>(
                         .batches_through(AntichainRef::new(&[]))
                         .expect("the merchants trace is readable");
                     let (mut cursor, storage) = cursor_list(batches);
+                    // Reused for every lookup: keys are `String`s.
+                    let mut key = String::new();
                     for t in ready {
                         let (cap, mut txns) = stash.remove(&t).expect("a stashed tick");
+                        // In key order, so the cursor only moves forward.
                         txns.sort_by(|a, b| a.merchant().cmp(b.merchant()));
                         cursor.rewind_keys(&storage);
                         let mut session = output.session(&cap);
                         for mut txn in txns {
-                            if let Some(v) = lookup(&mut cursor, &storage, &txn, t) {
+                            key.clear();
+                            key.push_str(txn.merchant());
+                            if let Some(v) = lookup(&mut cursor, &storage, &key, &txn, t) {
                                 txn.enrich(&v.merchant_category, v.risk_tier, &v.country);
                             }
                             session.give(txn);
@@ -122,7 +127,13 @@ pub fn enrich<'s>(
 
 /// The version `txn` matches: among its merchant's versions present at
 /// tick `t`, the greatest with `valid_from` at or before its event time.
-fn lookup<C>(cursor: &mut C, storage: &C::Storage, txn: &Txn, t: Tick) -> Option<Version>
+fn lookup<'s, C>(
+    cursor: &mut C,
+    storage: &'s C::Storage,
+    merchant: &String,
+    txn: &Txn,
+    t: Tick,
+) -> Option<&'s Version>
 where
     C: for<'a> Cursor<
         Key<'a> = &'a String,
@@ -131,9 +142,8 @@ where
         DiffGat<'a> = &'a isize,
     >,
 {
-    let merchant = txn.merchant().to_owned();
-    cursor.seek_key(storage, &merchant);
-    if cursor.get_key(storage) != Some(&merchant) {
+    cursor.seek_key(storage, merchant);
+    if cursor.get_key(storage) != Some(merchant) {
         return None;
     }
     let mut best: Option<&Version> = None;
@@ -152,7 +162,7 @@ where
         }
         cursor.step_val(storage);
     }
-    best.cloned()
+    best
 }
 
 /// Per merchant, the versions that can still match, as differential
