@@ -32,6 +32,7 @@ use crate::kafka_job::{offset_mirror, KafkaSource};
 use crate::kafka_sinks::{self, SinkTopics};
 use crate::kinesis_job::ShardLog;
 use crate::progress::{Latency, Progress, Summary};
+use crate::upgrade;
 use tidemark_connectors::kafka::KafkaSettings;
 use tidemark_connectors::kinesis_stream::StreamSource;
 
@@ -184,6 +185,9 @@ pub struct JobSpec {
     /// Publish committed anomalies and rejects to these Kafka topics.
     pub sinks: Option<(KafkaSettings, SinkTopics)>,
     pub s3: S3Options,
+    /// Restore under changed parameters: the operators whose configuration
+    /// changed start empty (`--allow-config-change`).
+    pub allow_config_change: bool,
 }
 
 /// The parameters that shape state and outputs; a restore under different
@@ -198,15 +202,15 @@ fn fingerprint(p: &Params) -> String {
 /// Refuses a restore that would mix two computations in one output: other
 /// parameters or other inputs than the commit was made with. Keeps the
 /// bounded ends the first start fixed.
-fn check_resume(m: &Manifest, spec: &mut JobSpec, fp: &str, st: &dyn Storage) -> Result<()> {
-    if !m.job.params_fingerprint.is_empty() && m.job.params_fingerprint != fp {
-        bail!(
-            "the configuration that shapes state and outputs (windows, dedup horizon, tick, detectors) changed since epoch {} was committed to {}; \
-             restore with the same configuration, or write to a new output root",
-            m.epoch,
-            st.describe()
-        );
-    }
+/// Returns the operators whose restored state is dropped (only with
+/// `allow_config_change`).
+fn check_resume(
+    m: &Manifest,
+    spec: &mut JobSpec,
+    fp: &str,
+    st: &dyn Storage,
+) -> Result<Vec<String>> {
+    let stale = check_params(m, spec, fp, st)?;
     let names = spec.names();
     let is_main = |p: &&Position| names.dataflow_partition(p) < REFERENCE_BASE;
     let now = spec.source.describe();
@@ -256,7 +260,47 @@ fn check_resume(m: &Manifest, spec: &mut JobSpec, fp: &str, st: &dyn Storage) ->
             spec.source.partitions()
         );
     }
-    Ok(())
+    Ok(stale)
+}
+
+/// Refuses parameters other than the commit's, naming the differences,
+/// unless the operator allowed it; then names the operators to start empty.
+fn check_params(m: &Manifest, spec: &JobSpec, fp: &str, st: &dyn Storage) -> Result<Vec<String>> {
+    let now = upgrade::recorded(&spec.params);
+    let changes = match &m.job.params {
+        Some(old) => upgrade::differences(old, &now),
+        // Older commits record only the fingerprint.
+        None if !m.job.params_fingerprint.is_empty() && m.job.params_fingerprint != fp => {
+            vec!["(this commit records only a fingerprint of its configuration)".to_string()]
+        }
+        None => Vec::new(),
+    };
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listed = changes.join("; ");
+    if !spec.allow_config_change {
+        bail!(
+            "the configuration that shapes state and outputs changed since epoch {} was committed to {}: {listed}. \
+             Restore with the same configuration, write to a new output root, or pass --allow-config-change to keep the state that still applies (the changed operators start empty)",
+            m.epoch,
+            st.describe()
+        );
+    }
+    let Some(old) = &m.job.params else {
+        bail!(
+            "--allow-config-change: epoch {} does not record its configuration, so which state still applies is unknown; write to a new output root",
+            m.epoch
+        );
+    };
+    let stale = upgrade::stale_operators(old, &spec.params).map_err(|why| {
+        anyhow::anyhow!(
+            "--allow-config-change cannot restore epoch {}: {why}; write to a new output root",
+            m.epoch
+        )
+    })?;
+    tracing::warn!(changes = %listed, dropped = ?stale, "restoring under a changed configuration");
+    Ok(stale)
 }
 
 impl JobSpec {
@@ -302,9 +346,10 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         &format!("process {process}"),
     )?;
     let fp = fingerprint(&spec.params);
-    if let Some(m) = &resume {
-        check_resume(m, &mut spec, &fp, &*st)?;
-    }
+    let stale = match &resume {
+        Some(m) => check_resume(m, &mut spec, &fp, &*st)?,
+        None => Vec::new(),
+    };
     if process == 0 {
         // Damaged commits make way for new commits of the same epochs.
         for moved in commit_log::discard(&*st, &found.damaged)? {
@@ -360,6 +405,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     let shared = Arc::new(Shared {
         processes: crate::cluster::processes(&spec.timely),
         names,
+        stale,
         positions,
         reference_meter: Arc::new(Meter::default()),
         planned,
@@ -431,6 +477,8 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
 struct Shared {
     processes: usize,
     names: SourceNames,
+    /// Operators whose committed state no longer applies (restored empty).
+    stale: Vec<String>,
     /// The resumed epoch's positions, by dataflow partition.
     positions: Vec<(u32, Position)>,
     /// What the reference source has read (kept apart from the job's input
@@ -466,10 +514,11 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
     let index = worker.index();
     let peers = worker.peers();
     let params = sh.spec.params.clone();
-    let restored = match &sh.resume {
+    let mut restored = match &sh.resume {
         Some(m) => restore_state(&*sh.storage, m, params.tick_ms, index, peers)?,
         None => Restored::default(),
     };
+    restored.state.retain(|op, _| !sh.stale.contains(op));
     let skip_below = restored.boundary.unwrap_or(Tick::MIN);
 
     // Partitions are assigned by a fixed function of (partition, workers).
@@ -567,6 +616,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                 tick_ms: params.tick_ms,
                 interval_ms: params.checkpoint_interval_ms,
                 params_fingerprint: sh.fingerprint.clone(),
+                params: Some(upgrade::recorded(&sh.spec.params)),
                 previous_epoch: sh.resume.as_ref().map(|m| m.epoch),
                 previous_seq: sh.resume.as_ref().map_or(0, |m| m.job.seq),
                 previous_positions: sh.positions.iter().map(|(_, p)| p.clone()).collect(),

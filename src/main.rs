@@ -10,6 +10,7 @@ mod kafka_job;
 mod kafka_sinks;
 mod kinesis_job;
 mod progress;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +80,10 @@ struct RunArgs {
     /// Read at most this many events per second (whole job).
     #[arg(long)]
     rate: Option<u64>,
+    /// Resume under changed windows, dedup horizon or detectors: restore
+    /// the state that still applies and start the changed operators empty.
+    #[arg(long)]
+    allow_config_change: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Print help.
@@ -125,6 +130,10 @@ struct ReplayArgs {
     /// Read at most this many events per second (whole job).
     #[arg(long)]
     rate: Option<u64>,
+    /// Resume under changed windows, dedup horizon or detectors: restore
+    /// the state that still applies and start the changed operators empty.
+    #[arg(long)]
+    allow_config_change: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// Print help.
@@ -258,7 +267,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 _ => true,
             };
             let reference = reference_spec(&cfg, &source, bounded, None)?;
-            run(&cfg, a.cluster, source, reference, output, a.rate, None)
+            let opts = RunOpts {
+                max_rate: a.rate,
+                allow_config_change: a.allow_config_change,
+            };
+            run(&cfg, a.cluster, source, reference, output, opts, None)
         }
         Command::Replay(a) => {
             let cfg = match &a.config {
@@ -309,7 +322,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 source,
                 reference,
                 a.output,
-                a.rate,
+                RunOpts {
+                    max_rate: a.rate,
+                    allow_config_change: a.allow_config_change,
+                },
                 a.kafka.as_deref(),
             )
         }
@@ -406,14 +422,19 @@ fn reference_spec(
     }))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How `run` and `replay` run a job, beyond its configuration.
+struct RunOpts {
+    max_rate: Option<u64>,
+    allow_config_change: bool,
+}
+
 fn run(
     cfg: &Config,
     cluster: ClusterArgs,
     source: SourceSpec,
     reference: Option<ReferenceSpec>,
     output: String,
-    max_rate: Option<u64>,
+    opts: RunOpts,
     brokers: Option<&str>,
 ) -> Result<ExitCode> {
     let params = cfg.params()?;
@@ -449,10 +470,11 @@ fn run(
         output,
         min_wall: cfg.min_wall_interval()?,
         timely,
-        max_rate,
+        max_rate: opts.max_rate,
         retain: cfg.checkpoint.retain,
         s3: cfg.s3_options(),
         sinks,
+        allow_config_change: opts.allow_config_change,
     };
     let summary = job::run(spec)?;
     summary.print();

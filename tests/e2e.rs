@@ -417,3 +417,163 @@ fn retention_keeps_the_newest_three_commits_and_every_output() {
     verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
 }
+
+/// Starts a throttled replay and kills it with SIGKILL once `n` epochs are
+/// committed; returns the newest committed epoch (its event-time boundary).
+fn kill_after_commits(input: &str, out: &Path, config: &Path, extra: &[&str], n: usize) -> i64 {
+    let mut child = replay_cmd(input, out, config, extra).spawn().unwrap();
+    while manifests(out) < n {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before {n} commits: throttle it more"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let newest = newest_manifest(out);
+    let stem = newest.file_stem().unwrap().to_string_lossy().to_string();
+    stem.parse().unwrap()
+}
+
+fn copy_root(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .arg("-r")
+        .args([from, to])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -r {} {}", from.display(), to.display());
+}
+
+#[test]
+fn a_stopped_two_worker_job_finishes_with_three_workers_or_two_processes() {
+    let tmp = common::tempdir();
+    let input = common::generate(&tmp.join("in"), 100_000, 8, 31, 5000);
+    let config = write_config(&tmp, FAST_COMMITS);
+    let clean = tmp.join("clean");
+    run_replay(&input, &clean, &config, &["-w", "2"]);
+    let expected = read_committed(&clean);
+
+    // Stopped with state in flight: dedup ids, open windows and detector
+    // histories of both workers' key groups are in the snapshot.
+    let stopped = tmp.join("stopped");
+    let extra = ["-w", "2", "--rate", "30000"];
+    kill_after_commits(&input, &stopped, &config, &extra, 4);
+    let two_procs = tmp.join("two_procs");
+    copy_root(&stopped, &two_procs);
+
+    run_replay(&input, &stopped, &config, &["-w", "3"]);
+    verify_ok(&stopped);
+    assert_same(&expected, &read_committed(&stopped));
+
+    run_cluster(&input, &two_procs, &config, 2, 1);
+    verify_ok(&two_procs);
+    assert_same(&expected, &read_committed(&two_procs));
+}
+
+/// The default windows, written out so one of them can be changed.
+fn windows_config(merchant_size: &str) -> String {
+    format!(
+        "[checkpoint]\ninterval = \"20s\"\nmin_wall_interval = \"0\"\n\
+         [[windows]]\nname = \"status_1m\"\nkind = \"tumbling\"\nsize = \"1m\"\ngroup_by = [\"status\"]\n\
+         [[windows]]\nname = \"merchant_5m\"\nkind = \"sliding\"\nsize = \"{merchant_size}\"\nslide = \"1m\"\ngroup_by = [\"merchant\"]\n\
+         [[windows]]\nname = \"customer_session\"\nkind = \"session\"\ngap = \"30m\"\ngroup_by = [\"customer_id\"]\n"
+    )
+}
+
+#[test]
+fn a_changed_window_is_refused_unless_allowed_and_then_only_it_restarts() {
+    let tmp = common::tempdir();
+    // Ten minutes of event time, so windows open and close across restarts.
+    let input = common::generate(&tmp.join("in"), 60_000, 8, 37, 100);
+    let old_cfg = tmp.join("old.toml");
+    std::fs::write(&old_cfg, windows_config("5m")).unwrap();
+    let new_cfg = tmp.join("new.toml");
+    std::fs::write(&new_cfg, windows_config("10m")).unwrap();
+
+    let clean_old = tmp.join("clean_old");
+    run_replay(&input, &clean_old, &old_cfg, &["-w", "2"]);
+    let old = read_committed(&clean_old);
+    let clean_new = tmp.join("clean_new");
+    run_replay(&input, &clean_new, &new_cfg, &["-w", "2"]);
+    let new = read_committed(&clean_new);
+
+    let out = tmp.join("out");
+    let boundary = kill_after_commits(&input, &out, &old_cfg, &["-w", "2", "--rate", "4000"], 8);
+
+    // Refused, naming the spec and the field, and nothing is written.
+    let before = manifests(&out);
+    let o = replay_cmd(&input, &out, &new_cfg, &["-w", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a changed window must be refused");
+    assert!(
+        err.contains("windows[merchant_5m].kind.Sliding.size_ms: 300000 → 600000")
+            && err.contains("--allow-config-change"),
+        "{err}"
+    );
+    assert_eq!(manifests(&out), before);
+
+    run_replay(
+        &input,
+        &out,
+        &new_cfg,
+        &["-w", "2", "--allow-config-change"],
+    );
+    verify_ok(&out);
+    let got = read_committed(&out);
+
+    // Everything but the changed spec continues as if nothing changed.
+    let split = |o: &common::reference::Outputs| {
+        let mut rest = o.clone();
+        rest.windows.retain(|w| w.window != "merchant_5m");
+        let changed: Vec<_> = o
+            .windows
+            .iter()
+            .filter(|w| w.window == "merchant_5m")
+            .cloned()
+            .collect();
+        (rest, changed)
+    };
+    let (got_rest, got_m5) = split(&got);
+    let (old_rest, old_m5) = split(&old);
+    let (_, new_m5) = split(&new);
+    assert!(!got.anomalies.is_empty() && !got.rejects.is_empty());
+    assert_same(&old_rest, &got_rest);
+
+    // The changed spec: the old windows up to the restored epoch, the new
+    // ones from it, and the windows spanning it from post-restore data only.
+    let only = |rows: &[common::reference::WindowRow],
+                keep: &dyn Fn(&common::reference::WindowRow) -> bool| {
+        common::reference::Outputs {
+            windows: rows.iter().filter(|w| keep(w)).cloned().collect(),
+            ..Default::default()
+        }
+    };
+    let before_cut = |w: &common::reference::WindowRow| w.window_end <= boundary;
+    let after_cut = |w: &common::reference::WindowRow| w.window_start >= boundary;
+    let old_part = only(&old_m5, &before_cut);
+    let new_part = only(&new_m5, &after_cut);
+    assert!(!old_part.windows.is_empty() && !new_part.windows.is_empty());
+    assert_same(&old_part, &only(&got_m5, &before_cut));
+    assert_same(&new_part, &only(&got_m5, &after_cut));
+    // Those saw only the transactions from the restored epoch on.
+    let spanning: Vec<_> = got_m5
+        .iter()
+        .filter(|w| !before_cut(w) && !after_cut(w))
+        .collect();
+    assert!(!spanning.is_empty());
+    for w in spanning {
+        assert_eq!(w.window_end - w.window_start, 600_000, "{w:?}");
+        let merchant = w.group[0].1.as_deref();
+        let seen = got
+            .transactions
+            .iter()
+            .filter(|t| Some(t.merchant.as_str()) == merchant)
+            .filter(|t| t.event_time >= boundary && t.event_time < w.window_end)
+            .count();
+        assert_eq!(w.txn_count, Some(seen as i64), "{w:?}");
+    }
+}

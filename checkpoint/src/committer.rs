@@ -41,6 +41,8 @@ pub struct CommitterConfig {
     /// The same of the reference source.
     pub reference_inputs: Vec<String>,
     pub reference_ends: Vec<Option<u64>>,
+    /// Recorded in every commit (see `JobSection::params`).
+    pub params: Option<serde_json::Value>,
     /// How many commits (with their state snapshots) to keep in the log.
     pub retain: u64,
 }
@@ -210,6 +212,7 @@ impl Book {
                 ends: self.cfg.ends.clone(),
                 reference_inputs: self.cfg.reference_inputs.clone(),
                 reference_ends: self.cfg.reference_ends.clone(),
+                params: self.cfg.params.clone(),
             },
         );
         let t0 = std::time::Instant::now();

@@ -133,6 +133,10 @@ pub struct JobSection {
     pub reference_inputs: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reference_ends: Vec<Option<u64>>,
+    /// The parameters that shape state and outputs, as JSON: a restart
+    /// under other ones names what changed (absent in older commits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
 }
 
 /// The resume position of one source partition.
@@ -575,6 +579,7 @@ pub(crate) mod tests {
                 ends: vec![Some(120), None],
                 reference_inputs: vec!["file:merchants.jsonl".into()],
                 reference_ends: Vec::new(),
+                params: None,
             },
         );
         let bytes = m.to_bytes().unwrap();
