@@ -39,6 +39,28 @@ pub struct Config {
     pub windows: Vec<WindowSection>,
     #[serde(default)]
     pub anomaly: AnomalySection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// The Prometheus endpoint (`/metrics`, `/live`, `/ready`) of each process.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// A port, a range whose first free port each process takes, or "off".
+    pub port: String,
+    pub address: String,
+    /// Keep serving this long after a bounded job ends, for a last scrape.
+    pub linger: String,
+}
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            port: "9464-9563".into(),
+            address: "0.0.0.0".into(),
+            linger: "0s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,12 +69,16 @@ pub struct JobSection {
     /// Output root: a local directory.
     pub output: String,
     pub log: String,
+    /// After SIGTERM/SIGINT, how long the job may take to commit its
+    /// current epoch before it gives up (exit 1).
+    pub stop_timeout: String,
 }
 impl Default for JobSection {
     fn default() -> Self {
         JobSection {
             output: "tidemark-out".into(),
             log: "info".into(),
+            stop_timeout: "60s".into(),
         }
     }
 }
@@ -402,6 +428,8 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config> {
         let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         cfg.params()?;
+        duration_ms("job.stop_timeout", &cfg.job.stop_timeout)?;
+        duration_ms("metrics.linger", &cfg.metrics.linger)?;
         if cfg.checkpoint.retain == 0 {
             bail!("checkpoint.retain = 0: a restart needs at least the newest commit; use 1 or more (default {DEFAULT_RETAIN})");
         }
@@ -595,6 +623,13 @@ impl Config {
     }
 }
 
+/// A checked duration field as a `Duration`.
+pub fn duration(field: &str, s: &str) -> Result<std::time::Duration> {
+    Ok(std::time::Duration::from_millis(
+        duration_ms(field, s)? as u64
+    ))
+}
+
 /// Parses `500ms`, `10s`, `5m`, `2h`, `1d`, or `0`.
 pub fn duration_ms(field: &str, s: &str) -> Result<i64> {
     let s = s.trim();
@@ -616,7 +651,7 @@ pub fn duration_ms(field: &str, s: &str) -> Result<i64> {
     let v = n
         .checked_mul(scale)
         .with_context(|| format!("{field} = {s:?} is too large"))?;
-    if v <= 0 && field != "checkpoint.min_wall_interval" {
+    if v <= 0 && !matches!(field, "checkpoint.min_wall_interval" | "metrics.linger") {
         bail!("{field} must be greater than zero");
     }
     Ok(v)

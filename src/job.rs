@@ -1,6 +1,7 @@
 //! Runs one job: restore from the newest valid epoch, build the dataflow on
 //! every worker, run it to completion, and report.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ use crate::kafka_job::{offset_mirror, KafkaSource};
 use crate::kafka_sinks::{self, SinkTopics};
 use crate::kinesis_job::ShardLog;
 use crate::progress::{Latency, Progress, Summary};
-use crate::upgrade;
+use crate::{telemetry, upgrade};
 use tidemark_connectors::kafka::KafkaSettings;
 use tidemark_connectors::kinesis_stream::StreamSource;
 
@@ -188,6 +189,8 @@ pub struct JobSpec {
     /// Restore under changed parameters: the operators whose configuration
     /// changed start empty (`--allow-config-change`).
     pub allow_config_change: bool,
+    /// Set by the first SIGTERM/SIGINT: stop at the next commit.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// The parameters that shape state and outputs; a restore under different
@@ -318,6 +321,7 @@ impl JobSpec {
 pub fn run(mut spec: JobSpec) -> Result<Summary> {
     let started = Instant::now();
     let (peers, process) = crate::cluster::shape(&spec.timely);
+    let _span = tracing::info_span!("job", job = %spec.output, process).entered();
     let st: Arc<dyn Storage> = storage::open_with(&spec.output, &spec.s3)?;
 
     let found = commit_log::newest_valid(&*st)?;
@@ -403,6 +407,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         _ => None,
     };
     let shared = Arc::new(Shared {
+        process,
         processes: crate::cluster::processes(&spec.timely),
         names,
         stale,
@@ -421,8 +426,16 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         meter,
         status: Arc::new(Mutex::new(CommitStatus::default())),
         latency: Arc::new(Mutex::new(Latency::new())),
+        stopped: AtomicBool::new(false),
+        frontier_ms: AtomicI64::new(i64::MIN),
+        opened: AtomicUsize::new(0),
     });
     let progress = Progress::start(shared.meter.clone(), shared.status.clone());
+    let collected = shared.clone();
+    telemetry::on_scrape(move || collect(&collected));
+    if process != 0 {
+        watch_commits_for_stop(shared.clone());
+    }
 
     let worker_shared = shared.clone();
     let guards = timely::execute(shared.spec.timely.clone(), move |worker| {
@@ -438,6 +451,15 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         }
     }
     progress.stop();
+    // The final values stay for a last scrape; the run's state goes.
+    collect(&shared);
+    telemetry::clear_collectors();
+    if shared.stopped.load(Ordering::Relaxed) {
+        tracing::info!(
+            epoch = ?shared.status.lock().unwrap().last_epoch,
+            "stopped on request after a commit; a restart resumes from it"
+        );
+    }
     if let Some(m) = &shared.mirror {
         m.finish(Duration::from_secs(15));
     }
@@ -475,6 +497,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
 }
 
 struct Shared {
+    process: usize,
     processes: usize,
     names: SourceNames,
     /// Operators whose committed state no longer applies (restored empty).
@@ -501,6 +524,91 @@ struct Shared {
     meter: Arc<Meter>,
     status: Arc<Mutex<CommitStatus>>,
     latency: Arc<Mutex<Latency>>,
+    /// A commit completed after the stop request: workers leave.
+    stopped: AtomicBool,
+    /// The dataflow's output frontier, event-time ms (for metrics).
+    frontier_ms: AtomicI64,
+    /// Workers of this process whose sources are open.
+    opened: AtomicUsize,
+}
+
+/// A process other than 0 learns of the commit that ends a stop from the
+/// commit log, which only process 0 writes.
+fn watch_commits_for_stop(sh: Arc<Shared>) {
+    std::thread::spawn(move || {
+        while !sh.spec.stop.load(Ordering::Relaxed) {
+            if Arc::strong_count(&sh) == 1 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let newest = || {
+            commit_log::list(&*sh.storage)
+                .ok()
+                .and_then(|l| l.last().copied())
+        };
+        let at_stop = newest();
+        while Arc::strong_count(&sh) > 1 {
+            if newest() > at_stop {
+                sh.stopped.store(true, Ordering::Relaxed);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+/// Copies what the run has counted into the metrics registry (at scrape).
+fn collect(sh: &Shared) {
+    use metrics::{counter, gauge};
+    for meter in [&sh.meter, &sh.reference_meter] {
+        let parts = meter.partitions.lock().unwrap().clone();
+        for (p, s) in parts {
+            let (source, local) = sh.names.name_of(p);
+            let labels = [
+                ("source", source.to_owned()),
+                ("partition", local.to_string()),
+            ];
+            counter!("tidemark_records_read_total", &labels).absolute(s.records);
+            counter!("tidemark_records_in_total", &labels).absolute(s.records_in);
+            counter!("tidemark_source_bytes_read_total", &labels).absolute(s.bytes);
+            if let Some(w) = s.watermark_ms {
+                gauge!("tidemark_source_watermark_timestamp_seconds", &labels).set(w as f64 / 1e3);
+            }
+        }
+    }
+    let f = sh.frontier_ms.load(Ordering::Relaxed);
+    if f > i64::MIN / 2 {
+        gauge!("tidemark_frontier_timestamp_seconds").set(f as f64 / 1e3);
+    }
+    gauge!("tidemark_checkpoint_interval_seconds")
+        .set(sh.spec.params.checkpoint_interval_ms as f64 / 1e3);
+    if let Some(log) = &sh.shard_log {
+        for (partition, _shard, m) in log.lock().unwrap().metrics() {
+            let behind = m.millis_behind_latest.load(Ordering::Relaxed);
+            if behind >= 0 {
+                let labels = [
+                    ("source", sh.names.main.clone()),
+                    ("partition", partition.to_string()),
+                ];
+                gauge!("tidemark_source_lag_seconds", &labels).set(behind as f64 / 1e3);
+            }
+        }
+    }
+    if sh.process != 0 {
+        return;
+    }
+    let s = sh.status.lock().unwrap().clone();
+    for output in ["transactions", "windows", "anomalies", "rejects"] {
+        let rows = s.rows.get(output).copied().unwrap_or(0);
+        counter!("tidemark_records_out_total", "output" => output).absolute(rows);
+    }
+    counter!("tidemark_duplicates_total").absolute(s.duplicates);
+    counter!("tidemark_checkpoints_total").absolute(s.epochs);
+    counter!("tidemark_checkpoint_failures_total").absolute(s.failures);
+    if let Some(e) = s.last_epoch {
+        gauge!("tidemark_checkpoint_last_epoch_timestamp_seconds").set(e as f64 / 1e3);
+    }
 }
 
 impl Shared {
@@ -513,6 +621,13 @@ impl Shared {
 fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<()> {
     let index = worker.index();
     let peers = worker.peers();
+    let _span = tracing::info_span!(
+        "worker",
+        job = %sh.storage.describe(),
+        process = sh.process,
+        worker = index
+    )
+    .entered();
     let params = sh.spec.params.clone();
     let mut restored = match &sh.resume {
         Some(m) => restore_state(&*sh.storage, m, params.tick_ms, index, peers)?,
@@ -565,6 +680,8 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
             skip_below,
             meter: meter.clone(),
             max_rate,
+            stop: sh.spec.stop.clone(),
+            interval_ticks: params.checkpoint_interval_ms / params.tick_ms,
         };
         let main = source(
             scope,
@@ -590,7 +707,15 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                 Some(follow),
             )
         });
-        let streams = build(&params, main, reference, &restored, sh.spec.min_wall);
+        let streams = build(
+            &params,
+            main,
+            reference,
+            &restored,
+            sh.spec.min_wall,
+            sh.spec.stop.clone(),
+        );
+        count_outputs(&streams, sh, index);
         let reports = writer(
             &streams,
             WriterConfig {
@@ -635,7 +760,11 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                     .map_or_else(Vec::new, |r| r.source.ends()),
             },
             sh.status.clone(),
-            Box::new(move |m: &Manifest| {
+            Box::new(move |m: &Manifest, took: Duration| {
+                record_commit(m, took);
+                if sh2.spec.stop.load(Ordering::Relaxed) {
+                    sh2.stopped.store(true, Ordering::Relaxed);
+                }
                 if let Some(mirror) = &sh2.mirror {
                     let main = &sh2.names.main;
                     mirror.send(
@@ -663,12 +792,165 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                     if t >= limit {
                         break;
                     }
-                    lat.record(now.duration_since(at), n as u64);
+                    let d = now.duration_since(at);
+                    lat.record(d, n as u64);
+                    metrics::histogram!("tidemark_event_to_output_seconds")
+                        .record_many(d.as_secs_f64(), n as usize);
                     batches.pop_front();
                 }
             }),
         );
     });
-    while worker.step_or_park(Some(Duration::from_millis(5))) {}
+    let per_process = peers / sh.processes;
+    if sh.opened.fetch_add(1, Ordering::Relaxed) + 1 == per_process {
+        telemetry::set_ready(true);
+    }
+    // The first worker of each process keeps the frontier metrics.
+    let keeper = index.is_multiple_of(per_process);
+    let mut frontier = Tick::MIN;
+    let delay = metrics::histogram!("tidemark_frontier_delay_seconds");
+    while worker.step_or_park(Some(Duration::from_millis(5))) {
+        let nothing_read = || {
+            sh.meter.records.load(Ordering::Relaxed) == 0
+                && sh.reference_meter.records.load(Ordering::Relaxed) == 0
+        };
+        if sh.stopped.load(Ordering::Relaxed)
+            || (sh.spec.stop.load(Ordering::Relaxed) && nothing_read())
+        {
+            // Stopped after a commit (or before reading anything): the
+            // dataflow is dropped unfinished, so open windows are not flushed.
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+            break;
+        }
+        if keeper {
+            let f = probe
+                .with_frontier(|f| f.first().copied())
+                .unwrap_or(Tick::MAX);
+            if f > frontier {
+                frontier = f;
+                sh.frontier_ms
+                    .store(f.saturating_mul(params.tick_ms), Ordering::Relaxed);
+                let now = Instant::now();
+                let mut q = sh.meter.frontier_batches.lock().unwrap();
+                while let Some(&(at, t, n)) = q.front() {
+                    if t >= f {
+                        break;
+                    }
+                    delay.record_many(now.duration_since(at).as_secs_f64(), n as usize);
+                    q.pop_front();
+                }
+            }
+        }
+    }
     Ok(())
+}
+
+/// Counts rejects by reason, late records, window rows by spec and
+/// anomalies by kind as they are emitted, and state sizes at each boundary:
+/// one counter update per batch, not per record.
+fn count_outputs(streams: &tidemark_dataflow::job::JobStreams<'_>, sh: &Shared, worker: usize) {
+    use metrics::{counter, gauge, Counter};
+    use tidemark_dataflow::event::{AnomalyKind, RejectReason};
+    use tidemark_dataflow::stateful::Report;
+    use timely::dataflow::operators::Inspect;
+
+    let names = sh.names.clone();
+    let sources = [names.main.clone(), names.reference.clone()];
+    let rejects: Vec<Vec<Counter>> = sources
+        .iter()
+        .map(|s| {
+            RejectReason::ALL
+                .iter()
+                .map(|r| counter!("tidemark_rejects_total", "source" => s.clone(), "reason" => r.as_str()))
+                .collect()
+        })
+        .collect();
+    let late: Vec<Counter> = sources
+        .iter()
+        .map(|s| counter!("tidemark_late_records_total", "source" => s.clone()))
+        .collect();
+    streams.rejects.clone().inspect_core(move |e| {
+        let Ok((_, batch)) = e else { return };
+        let mut n = [[0u64; RejectReason::ALL.len()]; 2];
+        for r in batch {
+            let s = usize::from(r.partition >= REFERENCE_BASE);
+            let i = RejectReason::ALL
+                .iter()
+                .position(|x| *x == r.reason)
+                .unwrap_or(0);
+            n[s][i] += 1;
+        }
+        for (s, by_reason) in n.iter().enumerate() {
+            for (i, &k) in by_reason.iter().enumerate() {
+                if k > 0 {
+                    rejects[s][i].increment(k);
+                    if RejectReason::ALL[i] == RejectReason::Late {
+                        late[s].increment(k);
+                    }
+                }
+            }
+        }
+    });
+    let windows: Vec<Counter> = sh
+        .spec
+        .params
+        .windows
+        .iter()
+        .map(|w| counter!("tidemark_windows_emitted_total", "window" => w.name.clone()))
+        .collect();
+    streams.windows.clone().inspect_core(move |e| {
+        let Ok((_, batch)) = e else { return };
+        let mut n = vec![0u64; windows.len()];
+        for w in batch {
+            n[w.spec as usize] += 1;
+        }
+        for (c, k) in windows.iter().zip(n) {
+            c.increment(k);
+        }
+    });
+    let kinds = [
+        (AnomalyKind::Transaction, "transaction"),
+        (AnomalyKind::Window, "window"),
+    ]
+    .map(|(k, name)| {
+        (
+            k,
+            counter!("tidemark_anomalies_emitted_total", "kind" => name),
+        )
+    });
+    streams.anomalies.clone().inspect_core(move |e| {
+        let Ok((_, batch)) = e else { return };
+        for (kind, c) in &kinds {
+            c.increment(batch.iter().filter(|a| a.kind == *kind).count() as u64);
+        }
+    });
+    let worker = worker.to_string();
+    streams.reports.clone().inspect(move |r| {
+        if let Report::State {
+            op,
+            boundary: Some(_),
+            groups,
+            keys,
+        } = r
+        {
+            let labels = [("operator", op.clone()), ("worker", worker.clone())];
+            gauge!("tidemark_state_keys", &labels).set(*keys as f64);
+            let bytes: usize = groups.iter().map(|(_, b)| b.len()).sum();
+            gauge!("tidemark_state_bytes", &labels).set(bytes as f64);
+        }
+    });
+}
+
+/// Checkpoint metrics of one commit (process 0).
+fn record_commit(m: &Manifest, took: Duration) {
+    let bytes: u64 = m.files.iter().map(|f| f.bytes).sum::<u64>()
+        + m.job.state.iter().map(|s| s.bytes).sum::<u64>();
+    metrics::gauge!("tidemark_checkpoint_size_bytes").set(bytes as f64);
+    metrics::histogram!("tidemark_checkpoint_duration_seconds").record(took.as_secs_f64());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics::gauge!("tidemark_checkpoint_last_success_timestamp_seconds").set(now.as_secs_f64());
 }

@@ -191,9 +191,17 @@ pub fn offset_mirror(source: &KafkaSource, meter: Arc<Meter>) -> Result<Backgrou
             tracing::warn!(error = %format!("{e:#}"), "mirroring committed positions to the Kafka group failed; lag tools show older offsets");
             return;
         }
-        if last_log.is_none_or(|t| t.elapsed() >= LAG_LOG_INTERVAL) {
-            last_log = Some(Instant::now());
-            if let Ok(m) = kafka::partition_metrics(&consumer, &offsets) {
+        // Lag behind the committed positions, as lag tools see it.
+        if let Ok(m) = kafka::partition_metrics(&consumer, &offsets) {
+            for (x, p) in m.iter().zip(&positions) {
+                let labels = [
+                    ("source", p.source.clone()),
+                    ("partition", p.partition.to_string()),
+                ];
+                metrics::gauge!("tidemark_source_lag_records", &labels).set(x.lag as f64);
+            }
+            if last_log.is_none_or(|t| t.elapsed() >= LAG_LOG_INTERVAL) {
+                last_log = Some(Instant::now());
                 // Read-side counters exist for this process's partitions only.
                 let read = meter.partitions.lock().unwrap().clone();
                 for ((x, (_, _, pos)), p) in m.iter().zip(&offsets).zip(&positions) {

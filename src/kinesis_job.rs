@@ -72,6 +72,11 @@ impl ShardLog {
         }
     }
 
+    /// Each shard's partition, id and counters.
+    pub fn metrics(&self) -> Vec<(u32, String, Arc<tidemark_connectors::kinesis::ShardMetrics>)> {
+        self.source.metrics()
+    }
+
     pub fn maybe_log(&mut self) {
         if self.last.is_some_and(|t| t.elapsed() < SHARD_LOG_INTERVAL) {
             return;

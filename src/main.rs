@@ -10,6 +10,8 @@ mod kafka_job;
 mod kafka_sinks;
 mod kinesis_job;
 mod progress;
+mod shutdown;
+mod telemetry;
 mod upgrade;
 
 use std::path::PathBuf;
@@ -36,6 +38,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log level or filter (e.g. `debug`, `info,tidemark=debug`); overrides
+    /// TIDEMARK_LOG and `[job] log`.
+    #[arg(long, global = true)]
+    log: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -206,10 +212,11 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let log_flag = cli.log;
     match cli.command {
         Command::Run(a) => {
             let cfg = Config::load(&a.config)?;
-            progress::init_logging(&cfg.job.log);
+            progress::init_logging(log_flag.as_deref(), &cfg.job.log);
             let output = a.output.clone().unwrap_or_else(|| cfg.job.output.clone());
             let source = match cfg.source.kind.as_str() {
                 "generator" => {
@@ -278,7 +285,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Some(p) => Config::load(p)?,
                 None => Config::parse("")?,
             };
-            progress::init_logging(&cfg.job.log);
+            progress::init_logging(log_flag.as_deref(), &cfg.job.log);
             if a.kafka.is_none()
                 && a.kinesis.is_none()
                 && (a.from != "earliest" || a.to != "latest")
@@ -462,6 +469,8 @@ fn run(
         anyhow::bail!("kafka.alerts_topic / kafka.dead_letter_topic need kafka.brokers: name the bootstrap servers");
     }
     let timely = cluster::timely_config(&cluster, &cfg.cluster)?;
+    let stop = shutdown::install(config::duration("job.stop_timeout", &cfg.job.stop_timeout)?)?;
+    let telemetry = telemetry::start(&cfg.metrics.address, &cfg.metrics.port)?;
     let spec = JobSpec {
         params,
         source,
@@ -475,8 +484,18 @@ fn run(
         s3: cfg.s3_options(),
         sinks,
         allow_config_change: opts.allow_config_change,
+        stop: stop.clone(),
     };
     let summary = job::run(spec)?;
     summary.print();
+    // A last scrape can see the finished job's counters.
+    let linger = config::duration("metrics.linger", &cfg.metrics.linger)?;
+    if telemetry.is_some() && !linger.is_zero() {
+        let until = std::time::Instant::now() + linger;
+        while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

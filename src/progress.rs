@@ -10,18 +10,30 @@ use hdrhistogram::Histogram;
 use tidemark_checkpoint::committer::CommitStatus;
 use tidemark_dataflow::source::Meter;
 
-pub fn init_logging(default_level: &str) {
+/// `flag` (`--log`) over the TIDEMARK_LOG environment variable over the
+/// configured level.
+pub fn init_logging(flag: Option<&str>, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("TIDEMARK_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = match flag {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_env("TIDEMARK_LOG")
+            .unwrap_or_else(|_| EnvFilter::new(default_level)),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    // JSON lines for machines, human format on a terminal.
+    // JSON lines for machines, human format on a terminal. The job and
+    // worker spans put job, process and worker on every line; events add
+    // epochs and source coordinates.
     if std::io::stderr().is_terminal() {
         let _ = builder.try_init();
     } else {
-        let _ = builder.json().try_init();
+        let _ = builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init();
     }
 }
 

@@ -89,6 +89,8 @@ pub fn commit(st: &dyn Storage, m: &Manifest) -> Result<(), CommitError> {
     let bytes = m.to_bytes().map_err(CommitError::Storage)?;
     match st.put_if_absent(&log_key(m.job.seq), &bytes) {
         Ok(true) => {}
+        // Our own entry, from an attempt whose answer was lost, is ours.
+        Ok(false) if st.get(&log_key(m.job.seq)).ok().flatten().as_deref() == Some(&bytes[..]) => {}
         Ok(false) => {
             return Err(CommitError::Conflict {
                 seq: m.job.seq,

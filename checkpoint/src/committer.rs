@@ -54,7 +54,16 @@ pub struct CommitStatus {
     pub epochs: u64,
     pub rows: BTreeMap<String, u64>,
     pub duplicates: u64,
+    /// Commit attempts that failed (and were retried).
+    pub failures: u64,
 }
+
+/// Called after each commit with the manifest and how long committing took.
+pub type OnCommit = Box<dyn FnMut(&Manifest, std::time::Duration)>;
+
+/// Attempts at one commit before the job gives up (exit 3): storage errors
+/// are retried after 1, 2, 4 and 8 s.
+const COMMIT_ATTEMPTS: u32 = 5;
 
 pub fn committer<'s>(
     reports: StreamVec<'s, Tick, EpochReport>,
@@ -62,7 +71,7 @@ pub fn committer<'s>(
     markers: StreamVec<'s, Tick, Marker>,
     cfg: CommitterConfig,
     status: Arc<Mutex<CommitStatus>>,
-    on_commit: Box<dyn FnMut(&Manifest)>,
+    on_commit: OnCommit,
 ) {
     let scope = reports.scope();
     // One committer: worker 0. The others only drain their (empty) inputs.
@@ -162,8 +171,9 @@ struct Book {
     committed_positions: BTreeMap<u32, Position>,
     cfg: CommitterConfig,
     status: Arc<Mutex<CommitStatus>>,
-    /// Called after each commit (latency accounting, offset mirrors).
-    on_commit: Box<dyn FnMut(&Manifest)>,
+    /// Called after each commit with how long it took (latency
+    /// accounting, metrics, offset mirrors).
+    on_commit: OnCommit,
 }
 
 impl Book {
@@ -216,11 +226,20 @@ impl Book {
             },
         );
         let t0 = std::time::Instant::now();
-        if let Err(e) = commit_log::commit(&*self.cfg.storage, &m) {
-            // Nothing of this epoch is committed; a restart resumes from the
-            // last commit. A conflict means another job owns the root now.
-            eprintln!("error: {}: {e}", self.cfg.storage.describe());
-            std::process::exit(3);
+        let mut attempt = 1;
+        while let Err(e) = commit_log::commit(&*self.cfg.storage, &m) {
+            // A conflict means another job owns the root now. Otherwise
+            // nothing of this epoch may be committed yet: retry, then give
+            // up; a restart resumes from the last commit.
+            let conflict = matches!(e, commit_log::CommitError::Conflict { .. });
+            self.status.lock().unwrap().failures += 1;
+            if conflict || attempt >= COMMIT_ATTEMPTS {
+                eprintln!("error: {}: {e}", self.cfg.storage.describe());
+                std::process::exit(3);
+            }
+            tracing::warn!(epoch, attempt, error = %e, "commit failed; retrying");
+            std::thread::sleep(std::time::Duration::from_secs(1 << (attempt - 1)));
+            attempt += 1;
         }
         self.seq += 1;
         // Retention is housekeeping: a failure here loses nothing committed
@@ -241,7 +260,7 @@ impl Book {
             "committed epoch"
         );
         self.last = Some(epoch);
-        (self.on_commit)(&m);
+        (self.on_commit)(&m, t0.elapsed());
         let mut s = self.status.lock().unwrap();
         s.last_epoch = Some(epoch);
         s.epochs += 1;

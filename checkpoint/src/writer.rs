@@ -234,6 +234,7 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                             op,
                             boundary,
                             groups,
+                            ..
                         } => states.push((boundary, op, groups)),
                     }
                 }

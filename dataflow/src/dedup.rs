@@ -133,6 +133,9 @@ impl Logic for Dedup {
         out.sort_unstable_by_key(|g| g.0);
         out
     }
+    fn keys(&self) -> u64 {
+        self.anchors.len() as u64
+    }
 }
 
 #[cfg(test)]

@@ -284,6 +284,9 @@ impl Logic for Table {
             })
             .collect()
     }
+    fn keys(&self) -> u64 {
+        self.current.len() as u64
+    }
 }
 
 /// The merchants table kept by [`Table`] over `versions` (accepted

@@ -1,6 +1,8 @@
 //! The whole computation, wired: source streams in, output streams out.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -52,6 +54,7 @@ pub fn build<'s>(
     reference: Option<SourceStreams<'s, (String, Version)>>,
     restored: &Restored,
     min_wall: Duration,
+    stop: Arc<AtomicBool>,
 ) -> JobStreams<'s> {
     let (txns, rejects, positions) = source;
     let scope = txns.scope();
@@ -70,6 +73,7 @@ pub fn build<'s>(
         interval_ticks,
         min_wall,
         restored.boundary,
+        stop,
     );
 
     let mut dedup = Dedup::new(params.dedup_horizon_ms, params.tick_ms);

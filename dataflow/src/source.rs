@@ -140,6 +140,11 @@ pub struct SourceConfig {
     /// Read at most this many records per second on this worker (`None`:
     /// as fast as downstream allows). For fixed-rate runs and benchmarks.
     pub max_rate: Option<u64>,
+    /// Once set, the source reads nothing more and holds its time at the
+    /// next commit boundary (a multiple of `interval_ticks`), so the job
+    /// commits that epoch and can stop without flushing open windows.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub interval_ticks: i64,
 }
 
 /// What the sources of a process have read: a count, and for latency
@@ -148,6 +153,8 @@ pub struct SourceConfig {
 pub struct Meter {
     pub records: std::sync::atomic::AtomicU64,
     pub batches: std::sync::Mutex<std::collections::VecDeque<(Instant, Tick, u32)>>,
+    /// The same, for measuring when the dataflow's frontier passes them.
+    pub frontier_batches: std::sync::Mutex<std::collections::VecDeque<(Instant, Tick, u32)>>,
     /// Per partition, updated once per batch read.
     pub partitions: std::sync::Mutex<std::collections::BTreeMap<u32, PartitionStats>>,
 }
@@ -156,6 +163,9 @@ pub struct Meter {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PartitionStats {
     pub records: u64,
+    /// Records that entered the job: read, minus those of epochs committed
+    /// before a restart (read again only to rebuild the watermark).
+    pub records_in: u64,
     pub bytes: u64,
     /// The next offset to read.
     pub position: u64,
@@ -352,6 +362,28 @@ pub fn source_of<'s, D: Decode>(
                 }
             }
 
+            if config.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Graceful stop: hold at the next commit boundary (an idle
+                // table at the followed time's) until the process exits.
+                let followed = follow_in
+                    .as_ref()
+                    .and_then(|_| frontiers[0].frontier().iter().min().copied());
+                let now = followed.map_or(*txn_cap.time(), |f| f.max(*txn_cap.time()));
+                if now > Tick::MIN / 2 {
+                    let step = config.interval_ticks.max(1);
+                    let b = crate::time::floor_to(now.saturating_add(step - 1), step);
+                    if b > *txn_cap.time() {
+                        txn_cap.downgrade(&b);
+                        rej_cap.downgrade(&b);
+                        pos_cap.downgrade(&b);
+                    }
+                }
+                if followed.is_some() {
+                    activator.activate_after(Duration::from_millis(10));
+                }
+                return;
+            }
+
             // Flow control: do not run ahead of what downstream has finished.
             let cap_time = *txn_cap.time();
             let lagging = probe.with_frontier(|f| {
@@ -451,15 +483,19 @@ pub fn source_of<'s, D: Decode>(
                         }
                         let batch_max = accepted.iter().map(|a| a.0).max();
                         if let Some(t) = batch_max {
-                            let mut b = config.meter.batches.lock().unwrap();
-                            if b.len() < 1 << 16 {
-                                b.push_back((read_at, t, accepted.len() as u32));
+                            let entry = (read_at, t, accepted.len() as u32);
+                            for q in [&config.meter.batches, &config.meter.frontier_batches] {
+                                let mut b = q.lock().unwrap();
+                                if b.len() < 1 << 16 {
+                                    b.push_back(entry);
+                                }
                             }
                         }
                         {
                             let mut stats = config.meter.partitions.lock().unwrap();
                             let s = stats.entry(p.start.partition).or_default();
                             s.records += batch.len() as u64;
+                            s.records_in += (accepted.len() + rejected.len()) as u64;
                             s.bytes += batch.data.len() as u64;
                             s.position = p.next_offset;
                             s.watermark_ms = p
@@ -724,6 +760,8 @@ mod tests {
                     skip_below: Tick::MIN,
                     meter: m,
                     max_rate: None,
+                    stop: Default::default(),
+                    interval_ticks: 10,
                 };
                 let (t, r, p) = source(
                     scope,
@@ -827,6 +865,7 @@ mod tests {
             stats.get(&0),
             Some(&PartitionStats {
                 records: 5,
+                records_in: 5,
                 bytes: bytes0,
                 position: 5,
                 watermark_ms: Some(90_000)
@@ -836,6 +875,7 @@ mod tests {
             stats.get(&1),
             Some(&PartitionStats {
                 records: 1,
+                records_in: 1,
                 bytes: rec("e", 50).len() as u64,
                 position: 1,
                 watermark_ms: Some(40_000)
@@ -945,6 +985,8 @@ mod tests {
                         skip_below: Tick::MIN,
                         meter: Default::default(),
                         max_rate: None,
+                        stop: Default::default(),
+                        interval_ticks: 10,
                     },
                     vec![(
                         fresh(3),
@@ -1080,6 +1122,8 @@ mod tests {
                         skip_below: Tick::MIN,
                         meter: Default::default(),
                         max_rate: None,
+                        stop: Default::default(),
+                        interval_ticks: 10,
                     };
                     let (t, _, _) =
                         source(scope, "idle", params, config, readers, ProbeHandle::new());

@@ -40,6 +40,8 @@ pub enum Report {
         op: String,
         boundary: Option<Tick>,
         groups: Vec<(u32, Vec<u8>)>,
+        /// Keys in the state (this worker's).
+        keys: u64,
     },
     /// Duplicate copies decided at this report's time.
     Duplicates(u64),
@@ -77,6 +79,8 @@ pub trait Logic: 'static {
     fn pending(&self) -> Option<Tick>;
     /// State by key group.
     fn snapshot(&self) -> Vec<(u32, Vec<u8>)>;
+    /// How many keys the state holds (for the state-size metric).
+    fn keys(&self) -> u64;
 }
 
 /// Runs `logic` over `input` (partitioned by `pact`) with commit `markers`.
@@ -170,6 +174,7 @@ where
                     op: logic.name(),
                     boundary: Some(b),
                     groups: logic.snapshot(),
+                    keys: logic.keys(),
                 };
                 reports.session(&report_caps.delayed(&(b - 1))).give(report);
             }
@@ -197,6 +202,7 @@ where
                             op: logic.name(),
                             boundary: None,
                             groups: logic.snapshot(),
+                            keys: logic.keys(),
                         };
                         let t = report_caps.iter().map(|c| *c.time()).min();
                         if let Some(t) = t {

@@ -4,10 +4,13 @@
 //! watches the sources' frontier; when it passes a boundary, that boundary is
 //! marked for commit if at least `min_wall` of wall time has gone by since
 //! the last one, so a fast replay does not commit every few milliseconds.
-//! Skipped boundaries cost nothing: the next marked one covers them. The
+//! Skipped boundaries cost nothing: the next marked one covers them. A
+//! stopping job commits without waiting for `min_wall`. The
 //! ticker never holds the frontier below the sources': its capability sits
 //! just below the next undecided boundary.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use timely::dataflow::channels::pact::Exchange;
@@ -24,6 +27,7 @@ pub fn ticker<'s, D: timely::ExchangeData>(
     interval_ticks: i64,
     min_wall: Duration,
     after: Option<Tick>,
+    stop: Arc<AtomicBool>,
 ) -> StreamVec<'s, Tick, Marker> {
     let index = progress.scope().index();
     progress
@@ -42,7 +46,9 @@ pub fn ticker<'s, D: timely::ExchangeData>(
                     Some(f) if f > Tick::MIN / 2 => {
                         let b = floor_to(f, interval_ticks);
                         if b > decided {
-                            let due = last_commit.is_none_or(|t| t.elapsed() >= min_wall);
+                            // A stopping job commits the boundary its sources hold at.
+                            let due = stop.load(Ordering::Relaxed)
+                                || last_commit.is_none_or(|t| t.elapsed() >= min_wall);
                             if due {
                                 // With no wall-time limit every boundary commits;
                                 // otherwise the newest passed one stands for all.

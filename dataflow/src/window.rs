@@ -381,6 +381,10 @@ impl Logic for Windows {
         );
         out
     }
+    fn keys(&self) -> u64 {
+        let panes: usize = self.panes.values().map(|p| p.len()).sum();
+        (panes + self.sessions.len()) as u64
+    }
 }
 
 #[cfg(test)]

@@ -143,6 +143,9 @@ impl Logic for TxnZ {
     fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
         by_group(self.stats.iter().map(|(k, v)| (k.clone(), *v)))
     }
+    fn keys(&self) -> u64 {
+        self.stats.len() as u64
+    }
 }
 
 fn by_group<V: Serialize>(items: impl Iterator<Item = (String, V)>) -> Vec<(u32, Vec<u8>)> {
@@ -256,6 +259,9 @@ impl Logic for WindowZ {
 
     fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
         by_group(self.rings.iter().map(|(k, v)| (k.clone(), v.clone())))
+    }
+    fn keys(&self) -> u64 {
+        self.rings.len() as u64
     }
 }
 

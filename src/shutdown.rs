@@ -1,0 +1,44 @@
+//! SIGTERM and SIGINT. The first asks the job to stop: sources read no
+//! more and hold at the next commit boundary, that epoch commits (open
+//! windows stay in the snapshot, unflushed), and the process exits 0. A
+//! second signal ends the process at once; either way a restart resumes
+//! from the last commit, exactly once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+/// Installs the handlers; the flag turns true at the first signal.
+pub fn install(timeout: Duration) -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        // Registered first, so it sees the flag as it was before this
+        // signal: set means this is the second one.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let watched = stop.clone();
+    std::thread::Builder::new()
+        .name("stop-timeout".into())
+        .spawn(move || {
+            while !watched.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            tracing::info!(
+                timeout_ms = timeout.as_millis() as u64,
+                "stop requested: committing the current epoch, then exiting (a second signal exits at once)"
+            );
+            std::thread::sleep(timeout);
+            eprintln!(
+                "error: the job did not commit within job.stop_timeout ({timeout:?}) of the stop signal; \
+                 exiting without it (a restart resumes from the last commit)"
+            );
+            std::process::exit(1);
+        })
+        .context("starting the stop watcher")?;
+    Ok(stop)
+}
