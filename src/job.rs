@@ -680,8 +680,6 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
             skip_below,
             meter: meter.clone(),
             max_rate,
-            stop: sh.spec.stop.clone(),
-            interval_ticks: params.checkpoint_interval_ms / params.tick_ms,
         };
         let main = source(
             scope,

@@ -1,8 +1,11 @@
-//! SIGTERM and SIGINT. The first asks the job to stop: sources read no
-//! more and hold at the next commit boundary, that epoch commits (open
-//! windows stay in the snapshot, unflushed), and the process exits 0. A
-//! second signal ends the process at once; either way a restart resumes
-//! from the last commit, exactly once.
+//! SIGTERM and SIGINT. The first asks the job to stop: the next commit
+//! boundary the frontier passes commits at once (without waiting for
+//! `min_wall_interval`), open windows stay in its snapshot unflushed, and
+//! the process exits 0. A second signal ends the process at once; either
+//! way a restart resumes from the last commit, exactly once.
+//!
+//! Sources keep reading until then: holding them at a boundary above their
+//! watermarks would mark records they have not read yet as committed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

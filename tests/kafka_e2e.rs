@@ -311,14 +311,30 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
     // frontier back; several epochs commit and the job ends.
     let (files, expected) = dataset(&tmp.join("two"), 20_000, 2, 32, 2000);
     produce(&broker, "narrow", &files);
-    let config = kafka_config(&tmp, &broker, "narrow", "tidemark-c");
+    let port = common::scrape::free_port();
+    let metrics = format!("[metrics]\nport = \"{port}\"\naddress = \"127.0.0.1\"\n");
+    let config = kafka_config_with(&tmp, &broker, "narrow", "tidemark-c", &metrics);
     let out = tmp.join("kafka-1x3");
-    finish(
-        run_cmd(&config, &out, &["-w", "3", "--rate", "10000"])
-            .spawn()
-            .unwrap(),
-        "1x3",
-    );
+    let job = run_cmd(&config, &out, &["-w", "3", "--rate", "10000"])
+        .spawn()
+        .unwrap();
+    // Mid-run, the source lag the alerts watch: records between the
+    // committed positions and the partitions' high watermarks.
+    let mut lag = Vec::new();
+    while lag.len() < 2 && manifests(&out) < 6 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if let Some((200, body)) = common::scrape::get(port, "/metrics") {
+            lag = common::scrape::parse(&body)
+                .into_iter()
+                .filter(|s| s.0 == "tidemark_source_lag_records" && s.2 > 0.0)
+                .collect();
+        }
+    }
+    assert_eq!(lag.len(), 2, "lag of both partitions mid-run: {lag:?}");
+    assert!(lag
+        .iter()
+        .all(|s| s.2 <= 20_000.0 && s.1["source"] == "transactions"));
+    finish(job, "1x3");
     assert_same(&expected, &read_committed(&out));
     assert!(
         manifests(&out) > 3,

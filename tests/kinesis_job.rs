@@ -158,30 +158,52 @@ fn kinesis_equals_file_replay_on_one_and_two_processes() {
     let (files, expected) = dataset(&tmp, 40_000, 4, 41, 2000);
     let shards = new_stream(&c, "payments", 4);
     put_files(&c, "payments", &shards, &files);
-    let config = kinesis_config(&tmp, &server, "payments", "");
+    let port = common::scrape::free_port();
+    let config = kinesis_config(
+        &tmp,
+        &server,
+        "payments",
+        &format!("[metrics]\nport = \"{port}\"\naddress = \"127.0.0.1\"\nlinger = \"1s\"\n"),
+    );
 
     // replay --kinesis to "now": a bounded read of everything put.
     let out = tmp.join("replay-1x2");
-    finish(
-        tidemark(&[
-            "replay",
-            "--kinesis",
-            "payments",
-            "--from",
-            "trim_horizon",
-            "--to",
-            "now",
-            "--output",
-            out.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "-w",
-            "2",
-        ])
-        .spawn()
-        .unwrap(),
-        "replay --kinesis",
-    );
+    let mut job = tidemark(&[
+        "replay",
+        "--kinesis",
+        "payments",
+        "--from",
+        "trim_horizon",
+        "--to",
+        "now",
+        "--output",
+        out.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "-w",
+        "2",
+    ])
+    .spawn()
+    .unwrap();
+    // The last scrape (the job lingers a second after it ends) holds each
+    // shard's MillisBehindLatest, the Kinesis lag the alerts watch.
+    let mut last = None;
+    while job.try_wait().unwrap().is_none() {
+        if let Some((200, body)) = common::scrape::get(port, "/metrics") {
+            last = Some(common::scrape::parse(&body));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    finish(job, "replay --kinesis");
+    let lag: Vec<_> = last
+        .expect("scraped")
+        .into_iter()
+        .filter(|s| s.0 == "tidemark_source_lag_seconds")
+        .collect();
+    assert_eq!(lag.len(), 4, "one per shard: {lag:?}");
+    assert!(lag
+        .iter()
+        .all(|s| s.1["source"] == "transactions" && s.2 >= 0.0));
     assert_same(&expected, &read_committed(&out));
     verify(&out);
 

@@ -140,11 +140,6 @@ pub struct SourceConfig {
     /// Read at most this many records per second on this worker (`None`:
     /// as fast as downstream allows). For fixed-rate runs and benchmarks.
     pub max_rate: Option<u64>,
-    /// Once set, the source reads nothing more and holds its time at the
-    /// next commit boundary (a multiple of `interval_ticks`), so the job
-    /// commits that epoch and can stop without flushing open windows.
-    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    pub interval_ticks: i64,
 }
 
 /// What the sources of a process have read: a count, and for latency
@@ -360,28 +355,6 @@ pub fn source_of<'s, D: Decode>(
                         token: p.token.clone(),
                     });
                 }
-            }
-
-            if config.stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // Graceful stop: hold at the next commit boundary (an idle
-                // table at the followed time's) until the process exits.
-                let followed = follow_in
-                    .as_ref()
-                    .and_then(|_| frontiers[0].frontier().iter().min().copied());
-                let now = followed.map_or(*txn_cap.time(), |f| f.max(*txn_cap.time()));
-                if now > Tick::MIN / 2 {
-                    let step = config.interval_ticks.max(1);
-                    let b = crate::time::floor_to(now.saturating_add(step - 1), step);
-                    if b > *txn_cap.time() {
-                        txn_cap.downgrade(&b);
-                        rej_cap.downgrade(&b);
-                        pos_cap.downgrade(&b);
-                    }
-                }
-                if followed.is_some() {
-                    activator.activate_after(Duration::from_millis(10));
-                }
-                return;
             }
 
             // Flow control: do not run ahead of what downstream has finished.
@@ -760,8 +733,6 @@ mod tests {
                     skip_below: Tick::MIN,
                     meter: m,
                     max_rate: None,
-                    stop: Default::default(),
-                    interval_ticks: 10,
                 };
                 let (t, r, p) = source(
                     scope,
@@ -985,8 +956,6 @@ mod tests {
                         skip_below: Tick::MIN,
                         meter: Default::default(),
                         max_rate: None,
-                        stop: Default::default(),
-                        interval_ticks: 10,
                     },
                     vec![(
                         fresh(3),
@@ -1122,8 +1091,6 @@ mod tests {
                         skip_below: Tick::MIN,
                         meter: Default::default(),
                         max_rate: None,
-                        stop: Default::default(),
-                        interval_ticks: 10,
                     };
                     let (t, _, _) =
                         source(scope, "idle", params, config, readers, ProbeHandle::new());

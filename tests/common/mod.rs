@@ -5,6 +5,7 @@
 pub mod committed;
 pub mod layout;
 pub mod reference;
+pub mod scrape;
 
 use std::path::PathBuf;
 use std::process::Command;
