@@ -287,8 +287,13 @@ mod tests {
         let rs: serde_json::Value =
             serde_json::from_slice(&st.get(&redshift::key(1000)).unwrap().unwrap()).unwrap();
         assert_eq!(rs["entries"].as_array().unwrap().len(), 1);
+        // The same commit again (a retry whose answer was lost) is ours;
+        // another job's commit of the same position is a conflict.
+        commit(&st, &m).unwrap();
+        let mut other = m.clone();
+        other.job.generation += 1;
         assert!(matches!(
-            commit(&st, &m),
+            commit(&st, &other),
             Err(CommitError::Conflict { seq: 1, .. })
         ));
     }
