@@ -395,18 +395,7 @@ fn retention_keeps_the_newest_three_commits_and_every_output() {
     // A run killed half-way leaves files of uncommitted epochs behind; the
     // restart finishes the job and must leave only what retention keeps.
     let out = tmp.join("out");
-    let mut child = replay_cmd(&input, &out, &config, &["-w", "2", "--rate", "30000"])
-        .spawn()
-        .unwrap();
-    while manifests(&out) < 6 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
+    kill_after_commits(&input, &out, &config, &["-w", "2", "--rate", "30000"], 6);
     run_replay(&input, &out, &config, &["-w", "2"]);
 
     let st = tidemark_checkpoint::storage::LocalStorage::new(&out).unwrap();
