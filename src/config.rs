@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use tidemark_dataflow::event::{GroupField, Metric};
 use tidemark_dataflow::params::{
-    Aggregate, Params, TxnZParams, WindowKind, WindowSpec, WindowZParams,
+    Aggregate, Outputs, Params, TxnZParams, WindowKind, WindowSpec, WindowZParams,
 };
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +41,31 @@ pub struct Config {
     pub anomaly: AnomalySection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub outputs: OutputsSection,
+}
+
+/// Which outputs the job computes and writes (all by default). Off means
+/// not written, and not computed where nothing else needs it: with
+/// `anomalies = false` the detectors do not run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputsSection {
+    pub transactions: bool,
+    pub windows: bool,
+    pub anomalies: bool,
+    pub rejects: bool,
+}
+impl Default for OutputsSection {
+    fn default() -> Self {
+        let o = Outputs::default();
+        OutputsSection {
+            transactions: o.transactions,
+            windows: o.windows,
+            anomalies: o.anomalies,
+            rejects: o.rejects,
+        }
+    }
 }
 
 /// The Prometheus endpoint (`/metrics`, `/live`, `/ready`) of each process.
@@ -601,6 +626,12 @@ impl Config {
                 cooldown_ms: duration_ms("anomaly.window.cooldown", &wa.cooldown)?,
             },
             checkpoint_interval_ms: interval,
+            outputs: Outputs {
+                transactions: self.outputs.transactions,
+                windows: self.outputs.windows,
+                anomalies: self.outputs.anomalies,
+                rejects: self.outputs.rejects,
+            },
         })
     }
 

@@ -426,6 +426,8 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         meter,
         status: Arc::new(Mutex::new(CommitStatus::default())),
         latency: Arc::new(Mutex::new(Latency::new())),
+        beyond_watermark: Mutex::new(Latency::new()),
+        restored: Mutex::new((0, Duration::ZERO)),
         stopped: AtomicBool::new(false),
         frontier_ms: AtomicI64::new(i64::MIN),
         opened: AtomicUsize::new(0),
@@ -482,6 +484,15 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         }
     }
     let latency = shared.latency.lock().unwrap().clone();
+    let streaming = matches!(
+        shared.spec.source,
+        SourceSpec::Kafka(_) | SourceSpec::Kinesis(_)
+    );
+    let beyond_watermark = streaming.then(|| shared.beyond_watermark.lock().unwrap().clone());
+    let restored = shared
+        .resume
+        .is_some()
+        .then(|| *shared.restored.lock().unwrap());
     Ok(Summary {
         process,
         peers,
@@ -492,6 +503,8 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         elapsed,
         status,
         latency,
+        beyond_watermark,
+        restored,
         output: shared.storage.describe(),
     })
 }
@@ -524,6 +537,10 @@ struct Shared {
     meter: Arc<Meter>,
     status: Arc<Mutex<CommitStatus>>,
     latency: Arc<Mutex<Latency>>,
+    /// See [`Summary::beyond_watermark`]; kept by each process's first worker.
+    beyond_watermark: Mutex<Latency>,
+    /// State bytes restored (all workers) and the slowest worker's time.
+    restored: Mutex<(u64, Duration)>,
     /// A commit completed after the stop request: workers leave.
     stopped: AtomicBool,
     /// The dataflow's output frontier, event-time ms (for metrics).
@@ -629,11 +646,18 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
     )
     .entered();
     let params = sh.spec.params.clone();
+    let restore_started = Instant::now();
     let mut restored = match &sh.resume {
         Some(m) => restore_state(&*sh.storage, m, params.tick_ms, index, peers)?,
         None => Restored::default(),
     };
     restored.state.retain(|op, _| !sh.stale.contains(op));
+    let restored_bytes: u64 = restored
+        .state
+        .values()
+        .flatten()
+        .map(|(_, b)| b.len() as u64)
+        .sum();
     let skip_below = restored.boundary.unwrap_or(Tick::MIN);
 
     // Partitions are assigned by a fixed function of (partition, workers).
@@ -799,6 +823,14 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
             }),
         );
     });
+    if sh.resume.is_some() {
+        // Reading and decoding the state files, and loading every
+        // operator's state while the dataflow was built.
+        let took = restore_started.elapsed();
+        let mut r = sh.restored.lock().unwrap();
+        r.0 += restored_bytes;
+        r.1 = r.1.max(took);
+    }
     let per_process = peers / sh.processes;
     if sh.opened.fetch_add(1, Ordering::Relaxed) + 1 == per_process {
         telemetry::set_ready(true);
@@ -831,12 +863,22 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                 sh.frontier_ms
                     .store(f.saturating_mul(params.tick_ms), Ordering::Relaxed);
                 let now = Instant::now();
+                let wall_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let mut beyond = sh.beyond_watermark.lock().unwrap();
                 let mut q = sh.meter.frontier_batches.lock().unwrap();
                 while let Some(&(at, t, n)) = q.front() {
                     if t >= f {
                         break;
                     }
                     delay.record_many(now.duration_since(at).as_secs_f64(), n as usize);
+                    // Only meaningful when event time is wall time (streaming).
+                    let ready = (t + 1)
+                        .saturating_mul(params.tick_ms)
+                        .saturating_add(params.max_out_of_orderness_ms);
+                    let late_ms = wall_ms.saturating_sub(ready).max(0) as u64;
+                    beyond.record(Duration::from_millis(late_ms), n as u64);
                     q.pop_front();
                 }
             }

@@ -170,29 +170,44 @@ struct GenerateArgs {
     /// skew benchmarks.
     #[arg(long, default_value_t = 0.0)]
     hot_merchant_share: f64,
+    /// Share of transactions made by one customer (0 to 1), for hot-key
+    /// skew benchmarks.
+    #[arg(long, default_value_t = 0.0)]
+    hot_customer_share: f64,
 }
 
-/// Keep freed memory instead of returning it to the OS soon after: with
-/// transparent huge pages every re-fault zeroes 2 MiB, which cost a quarter
-/// of a replay's time. The job's memory stays at its peak, as a JVM's would.
-fn keep_freed_memory() {
-    // `mi_option_purge_delay` in mimalloc's option enum (v2 and v3), checked
-    // against its defaults (10 ms in v2, 1000 ms in v3) before it is changed.
-    // MIMALLOC_PURGE_DELAY in the environment still wins.
+/// Keep freed memory instead of returning it to the OS soon after, and use
+/// 4 KiB pages rather than transparent huge pages: a fault on a huge page
+/// zeroes 2 MiB however little of it is used, and on the benchmark machine
+/// (a VM, where first touch is expensive) huge pages made a replay 1.4–1.8×
+/// slower (see README, Performance). The job's memory stays at its peak, as
+/// a JVM's would. MIMALLOC_PURGE_DELAY / MIMALLOC_ALLOW_THP in the
+/// environment still win.
+fn tune_allocator() {
+    // Indexes in mimalloc's option enum (v2 and v3), checked against their
+    // defaults before they are changed.
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: plain calls into the allocator's option table.
+    const ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+    // SAFETY: plain calls into the allocator's option table and prctl.
     unsafe {
-        if matches!(libmimalloc_sys::mi_option_get(PURGE_DELAY), 10 | 1000) {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none()
+            && matches!(libmimalloc_sys::mi_option_get(PURGE_DELAY), 10 | 1000)
+        {
             libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
+        }
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_none()
+            && libmimalloc_sys::mi_option_get(ALLOW_THP) == 1
+        {
+            libmimalloc_sys::mi_option_set(ALLOW_THP, 0);
+            // Also for systems whose THP mode is `always`.
+            #[cfg(target_os = "linux")]
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
         }
     }
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    tune_allocator();
     // A panicking worker would leave its peers waiting forever: report the
     // panic and end the process, so a supervisor (or test) sees the failure
     // and the next start resumes from the last committed epoch.
@@ -343,6 +358,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 seed: a.seed,
                 events_per_sec: a.events_per_sec,
                 hot_merchant_share: a.hot_merchant_share,
+                hot_customer_share: a.hot_customer_share,
                 ..Default::default()
             };
             if a.partitions == 0 || a.events_per_sec == 0 {
@@ -350,6 +366,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             if !(0.0..=1.0).contains(&a.hot_merchant_share) {
                 anyhow::bail!("--hot-merchant-share must be between 0 and 1");
+            }
+            if !(0.0..=1.0).contains(&a.hot_customer_share) {
+                anyhow::bail!("--hot-customer-share must be between 0 and 1");
             }
             if let Some(path) = &a.merchants {
                 tidemark_connectors::merchants_gen::write_merchants_file(

@@ -54,6 +54,15 @@ impl Latency {
     fn ms(&self, q: f64) -> f64 {
         self.0.value_at_quantile(q) as f64 / 1000.0
     }
+    fn quantiles(&self) -> String {
+        format!(
+            "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+            self.ms(0.5),
+            self.ms(0.95),
+            self.ms(0.99),
+            self.ms(0.999)
+        )
+    }
 }
 
 pub struct Progress {
@@ -111,6 +120,13 @@ pub struct Summary {
     pub elapsed: Duration,
     pub status: CommitStatus,
     pub latency: Latency,
+    /// Streaming sources only: wall time at which the frontier passed each
+    /// record's tick, beyond the tick's end plus the out-of-orderness bound
+    /// (the earliest a perfect system could know the tick complete).
+    pub beyond_watermark: Option<Latency>,
+    /// Bytes of state restored and how long reading and loading it took
+    /// (the slowest worker), when resuming.
+    pub restored: Option<(u64, Duration)>,
     pub output: String,
 }
 
@@ -127,6 +143,12 @@ impl Summary {
             self.read,
             self.read as f64 / secs.max(1e-9)
         );
+        if let Some((bytes, took)) = self.restored {
+            println!(
+                "  restored    {bytes:>12} state bytes in {:.1} ms",
+                took.as_secs_f64() * 1000.0
+            );
+        }
         if self.process == 0 {
             println!(
                 "  committed   {:>12} epochs, last {}",
@@ -140,11 +162,13 @@ impl Summary {
             }
             println!("  duplicates  {:>12}", self.status.duplicates);
             if !self.latency.0.is_empty() {
+                println!("  ingest-to-commit latency {}", self.latency.quantiles());
+            }
+            if let Some(b) = self.beyond_watermark.as_ref().filter(|b| !b.0.is_empty()) {
                 println!(
-                    "  ingest-to-commit latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
-                    self.latency.ms(0.5),
-                    self.latency.ms(0.99),
-                    self.latency.ms(0.999)
+                    "  event-to-frontier beyond watermark {} ({} records)",
+                    b.quantiles(),
+                    b.0.len()
                 );
             }
         }

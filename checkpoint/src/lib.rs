@@ -19,5 +19,6 @@ pub mod parquet_rows;
 pub mod redshift;
 pub mod restore;
 pub mod s3;
+pub mod state_file;
 pub mod storage;
 pub mod writer;

@@ -7,6 +7,7 @@ use tidemark_dataflow::event::owner_of_group;
 use tidemark_dataflow::job::Restored;
 
 use crate::manifest::Manifest;
+use crate::state_file;
 use crate::storage::Storage;
 use crate::writer::StateSnapshot;
 
@@ -26,13 +27,11 @@ pub fn restore_state(
                 f.path, m.epoch
             )
         })?;
-        let snapshot: StateSnapshot = bincode::deserialize(&bytes)
-            .with_context(|| format!("decoding state file {}", f.path))?;
+        let snapshot: StateSnapshot =
+            state_file::decode(&bytes, |g| owner_of_group(g, peers) == worker as u64)
+                .with_context(|| format!("decoding state file {}", f.path))?;
         for (op, groups) in snapshot {
-            let mine = groups
-                .into_iter()
-                .filter(|(g, _)| owner_of_group(*g, peers) == worker as u64);
-            state.entry(op).or_default().extend(mine);
+            state.entry(op).or_default().extend(groups);
         }
     }
     Ok(Restored {

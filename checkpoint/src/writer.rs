@@ -168,7 +168,7 @@ impl Inputs {
         }
         let (rejs, t) = self.rejs.take_below(limit);
         epoch.see(t);
-        if !rejs.is_empty() {
+        if !rejs.is_empty() && cfg.params.outputs.rejects {
             let rows: Vec<&Reject> = rejs.iter().collect();
             let cols = parquet_out::rejects_columns(&rows, &cfg.names)
                 .unwrap_or_else(|e| fail("rejects", e));
@@ -378,7 +378,7 @@ fn close_epoch(
         });
     }
     let state = (!state.is_empty()).then(|| {
-        let bytes = bincode::serialize(&state).expect("state encodes");
+        let bytes = crate::state_file::encode(&state);
         let key = format!("state/{}", file_name(number, cfg.generation, worker, "bin"));
         store(&key, &bytes);
         StateFile {

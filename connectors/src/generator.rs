@@ -179,6 +179,10 @@ pub struct GenConfig {
     /// Zipf-like spread, for skew benchmarks. Drawn from its own hash of the
     /// record, so 0 leaves every byte as it was.
     pub hot_merchant_share: f64,
+    /// Share of transactions made by customer rank 0 instead of the usual
+    /// spread (the hot-key incident), for skew benchmarks; 0 leaves every
+    /// byte as it was, like `hot_merchant_share`.
+    pub hot_customer_share: f64,
 }
 
 impl Default for GenConfig {
@@ -197,6 +201,7 @@ impl Default for GenConfig {
             anomaly_fraction: 0.0005,
             max_jitter_ms: 5_000,
             hot_merchant_share: 0.0,
+            hot_customer_share: 0.0,
         }
     }
 }
@@ -878,6 +883,7 @@ struct Ctx {
     merchant_category: Vec<u8>,
     ln_merchants: f64,
     hot_merchant_share: f64,
+    hot_customer_share: f64,
     categories: Vec<Vec<u8>>,
     th_late: f64,
     th_malformed: f64,
@@ -974,6 +980,7 @@ impl Ctx {
             merchant_category,
             ln_merchants: ((n_merchants + 1) as f64).ln(),
             hot_merchant_share: clamp(cfg.hot_merchant_share),
+            hot_customer_share: clamp(cfg.hot_customer_share),
             categories,
             th_late,
             th_malformed,
@@ -1083,6 +1090,16 @@ impl Ctx {
             self.hot + r.below(self.customers - self.hot)
         } else {
             r.below(self.customers)
+        };
+        // Not from `r`, like the hot merchant.
+        let customer = if self.hot_customer_share > 0.0
+            && unit(mix64(
+                self.seed_key ^ 0x4355_5354 ^ mix64(self.global(q, k)),
+            )) < self.hot_customer_share
+        {
+            0
+        } else {
+            customer
         };
         let mut cents = (self.usual_cents(customer) * (0.75 + 0.5 * r.f64())).round() as i64;
         if r.below(100) < 15 {
@@ -1929,6 +1946,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_hot_customer_share_concentrates_customers_and_nothing_else() {
+        let base = GenConfig {
+            events: 20_000,
+            ..Default::default()
+        };
+        let hot = GenConfig {
+            hot_customer_share: 0.6,
+            ..base.clone()
+        };
+        let parse = |cfg: &GenConfig| -> Vec<Option<serde_json::Value>> {
+            partition(cfg, 0)
+                .map(|r| serde_json::from_slice::<serde_json::Value>(&r).ok())
+                .collect()
+        };
+        let (a, b) = (parse(&base), parse(&hot));
+        assert_eq!(a.len(), b.len());
+        let customer = |v: &serde_json::Value| v["customer_id"].as_str().map(str::to_owned);
+        let mut counts = std::collections::HashMap::new();
+        for v in b.iter().flatten() {
+            *counts.entry(customer(v)).or_insert(0usize) += 1;
+        }
+        let top = counts.values().max().copied().unwrap_or(0) as f64;
+        let frac = top / b.len() as f64;
+        assert!((0.6..0.7).contains(&frac), "{frac}");
+        // Records stay records of the same kinds: the same ones parse, and
+        // ids and timestamps are untouched.
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.is_some(), y.is_some());
+            if let (Some(x), Some(y)) = (x, y) {
+                assert_eq!(x["transaction_id"], y["transaction_id"]);
+                assert_eq!(x["timestamp"], y["timestamp"]);
+            }
+        }
+    }
     #[test]
     fn determinism_and_independence() {
         let cfg = small(30_000, 3);

@@ -5,11 +5,7 @@
 //! instead of the id itself; a collision among even billions of live ids is
 //! far less likely than a hardware error) with their anchor's event time.
 
-use std::collections::HashMap;
-
-use serde::{Deserialize, Serialize};
-
-use crate::event::{key_group, FastMap, Millis, Tick, Txn};
+use crate::event::{key_group, FastMap, Millis, Tick, Txn, KEY_GROUPS};
 use crate::stateful::{Emit, Logic};
 use crate::time::tick_start;
 
@@ -25,18 +21,54 @@ pub fn route_txn(t: &Txn) -> u64 {
     crate::event::route(id_hash(t.transaction_id()) as u64)
 }
 
+/// An id hash as two words: as a map key it packs with its anchor into 24
+/// bytes (a `u128` would align the entry to 32).
+type Id = (u64, u64);
+
+#[inline]
+fn id_of(h: u128) -> Id {
+    (h as u64, (h >> 64) as u64)
+}
+
 pub struct Dedup {
     horizon_ms: i64,
     tick_ms: i64,
-    anchors: FastMap<u128, Millis>,
+    anchors: FastMap<Id, Millis>,
     /// Ticks below this have been processed; anchors older than
     /// `tick_start(done) - horizon` can no longer match and are swept.
     done: Tick,
     swept_at: Millis,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Group(Vec<(u128, Millis)>);
+/// A key group's anchors, as bincode encodes a `Vec<(u128, Millis)>` (a
+/// length, then 16 + 8 bytes per id), written and read by hand: this is the
+/// largest state of the job and serde goes value by value.
+const ENTRY: usize = 24;
+
+fn encode_group(entries: &[(u128, Millis)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + ENTRY * entries.len());
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (h, a) in entries {
+        out.extend_from_slice(&h.to_le_bytes());
+        out.extend_from_slice(&a.to_le_bytes());
+    }
+    out
+}
+
+fn decode_group(bytes: &[u8]) -> impl Iterator<Item = (u128, Millis)> + '_ {
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .expect("dedup state has a length");
+    let body = &bytes[8..];
+    assert_eq!(body.len(), n * ENTRY, "dedup state length");
+    body.chunks_exact(ENTRY).map(|c| {
+        (
+            u128::from_le_bytes(c[..16].try_into().expect("16 bytes")),
+            Millis::from_le_bytes(c[16..].try_into().expect("8 bytes")),
+        )
+    })
+}
 
 impl Dedup {
     pub fn new(horizon_ms: i64, tick_ms: i64) -> Self {
@@ -50,9 +82,11 @@ impl Dedup {
     }
 
     pub fn restore(&mut self, groups: &[(u32, Vec<u8>)]) {
+        let total: usize = groups.iter().map(|(_, b)| b.len() / ENTRY).sum();
+        self.anchors.reserve(total);
         for (_, bytes) in groups {
-            let Group(entries) = bincode::deserialize(bytes).expect("dedup state decodes");
-            self.anchors.extend(entries);
+            self.anchors
+                .extend(decode_group(bytes).map(|(h, a)| (id_of(h), a)));
         }
     }
 
@@ -80,7 +114,7 @@ impl Logic for Dedup {
         });
         let mut dups = 0u64;
         for txn in batch.drain(..) {
-            let h = id_hash(txn.transaction_id());
+            let h = id_of(id_hash(txn.transaction_id()));
             match self.anchors.get_mut(&h) {
                 Some(anchor) if txn.event_time - *anchor <= self.horizon_ms => dups += 1,
                 Some(anchor) => {
@@ -117,21 +151,26 @@ impl Logic for Dedup {
 
     fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
         let floor = self.horizon_floor();
-        let mut groups: HashMap<u32, Vec<(u128, Millis)>> = HashMap::new();
-        for (&h, &a) in &self.anchors {
-            if a >= floor {
-                groups.entry(key_group(h as u64)).or_default().push((h, a));
-            }
+        let live = || self.anchors.iter().filter(|(_, &a)| a >= floor);
+        let mut sizes = vec![0usize; KEY_GROUPS as usize];
+        for (h, _) in live() {
+            sizes[key_group(h.0) as usize] += 1;
         }
-        let mut out: Vec<(u32, Vec<u8>)> = groups
+        let mut groups: Vec<Vec<(u128, Millis)>> =
+            sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+        for (&(lo, hi), &a) in live() {
+            groups[key_group(lo) as usize].push(((hi as u128) << 64 | lo as u128, a));
+        }
+        groups
             .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
             .map(|(g, mut v)| {
+                // Sorted, so equal state makes equal bytes.
                 v.sort_unstable();
-                (g, bincode::serialize(&Group(v)).expect("encode"))
+                (g as u32, encode_group(&v))
             })
-            .collect();
-        out.sort_unstable_by_key(|g| g.0);
-        out
+            .collect()
     }
     fn keys(&self) -> u64 {
         self.anchors.len() as u64
@@ -215,6 +254,17 @@ mod tests {
         );
         assert_eq!(kept, vec![(0, 0), (0, 3), (1, 0)]);
         assert_eq!(dups, 3);
+    }
+
+    #[test]
+    fn group_bytes_are_bincodes() {
+        let v = vec![(1u128 << 100 | 5, -3i64), (u128::MAX, i64::MAX)];
+        let bytes = encode_group(&v);
+        assert_eq!(bytes, bincode::serialize(&v).unwrap());
+        assert_eq!(decode_group(&bytes).collect::<Vec<_>>(), v);
+        let h = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
+        let (lo, hi) = id_of(h);
+        assert_eq!((hi as u128) << 64 | lo as u128, h);
     }
 
     #[test]

@@ -14,10 +14,11 @@ use crate::dedup::{route_txn, Dedup};
 use crate::enrich::{enrich, table, Table, Version};
 use crate::event::{Anomaly, Reject, Tick, Txn, WindowRow};
 use crate::params::Params;
+use crate::params::WindowSpec;
 use crate::source::{PositionEntry, SourceStreams};
 use crate::stateful::{stateful, Marker, Report};
 use crate::ticker::ticker;
-use crate::window::{group_key, route_key, WinIn, Windows};
+use crate::window::{route_key, PreAgg, WinIn, Windows};
 use crate::zscore::{TxnZ, WindowZ, ZIn};
 
 /// State restored from a committed epoch, for this worker's key groups.
@@ -94,10 +95,24 @@ pub fn build<'s>(
         None => kept,
     };
 
-    let (kept, window_inputs, z_in) = fan_out(kept, params);
+    // What is computed: windows that are written or watched by the window
+    // detector; detectors only when anomalies are written.
+    let out = &params.outputs;
+    let txn_z = out.anomalies && params.txn_z.enabled;
+    let window_z = out.anomalies && params.window_z.enabled;
+    let specs: Vec<Option<WindowSpec>> = params
+        .windows
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            (out.windows || (window_z && params.window_z.spec == i)).then(|| spec.clone())
+        })
+        .collect();
+    let (kept, window_inputs, z_in) = fan_out(kept, specs.clone(), out.transactions, txn_z);
     let mut window_streams = Vec::new();
     let mut z_input = None;
-    for ((i, spec), input) in params.windows.iter().enumerate().zip(window_inputs) {
+    for ((i, spec), input) in specs.iter().enumerate().zip(window_inputs) {
+        let Some(spec) = spec else { continue };
         let mut logic = Windows::new(i, spec, params.tick_ms);
         if let Some(b) = restored.boundary {
             let name = crate::stateful::Logic::name(&logic);
@@ -110,10 +125,12 @@ pub fn build<'s>(
             logic,
         );
         reports.push(r);
-        if params.window_z.enabled && params.window_z.spec == i {
+        if window_z && params.window_z.spec == i {
             z_input = Some(rows.clone());
         }
-        window_streams.push(rows);
+        if out.windows {
+            window_streams.push(rows);
+        }
     }
 
     let mut anomaly_streams = Vec::new();
@@ -122,7 +139,7 @@ pub fn build<'s>(
         logic.restore(restored.groups("txn_z"));
         let (rows, r) = stateful(
             input,
-            Exchange::new(|z: &ZIn| route_key(&z.customer)),
+            Exchange::new(|z: &ZIn| route_key(z.customer())),
             markers.clone(),
             logic,
         );
@@ -138,7 +155,11 @@ pub fn build<'s>(
         reports.push(r);
     }
 
-    let windows = scope.concatenate(window_streams);
+    let windows = if window_streams.is_empty() {
+        kept.clone().filter(|_| false).map(|_| unreachable!())
+    } else {
+        scope.concatenate(window_streams)
+    };
     let anomalies = if anomaly_streams.is_empty() {
         // An empty stream that still closes when the sources do.
         kept.clone().filter(|_| false).map(|_| unreachable!())
@@ -157,12 +178,17 @@ pub fn build<'s>(
 }
 
 /// One pass over kept transactions that makes what each consumer needs —
-/// a window input per spec and the z-score input — and passes the
-/// transactions on by move, so no consumer gets its own deep copy.
+/// each window spec's partial aggregates (folded per tick and key here,
+/// before the exchange, and sent once the frontier passes the tick) and the
+/// z-score input — and passes the transactions on by move, so no consumer
+/// gets its own deep copy. `specs` are the windows to compute; a `None`
+/// stays empty.
 #[allow(clippy::type_complexity)]
 fn fan_out<'s>(
     kept: StreamVec<'s, Tick, Txn>,
-    params: &Params,
+    specs: Vec<Option<WindowSpec>>,
+    pass_txns: bool,
+    z_enabled: bool,
 ) -> (
     StreamVec<'s, Tick, Txn>,
     Vec<StreamVec<'s, Tick, WinIn>>,
@@ -171,6 +197,7 @@ fn fan_out<'s>(
     use timely::container::CapacityContainerBuilder;
     use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
     use timely::dataflow::operators::generic::OutputBuilder;
+    use timely::dataflow::operators::CapabilitySet;
 
     let mut builder = OperatorBuilder::new("FanOut".to_owned(), kept.scope());
     let mut input = builder.new_input(kept, Pipeline);
@@ -178,31 +205,30 @@ fn fan_out<'s>(
     let mut txn_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Txn>>>::from(txn_out);
     let mut win_outs = Vec::new();
     let mut win_streams = Vec::new();
-    for _ in &params.windows {
+    for _ in &specs {
         let (o, s) = builder.new_output();
         win_outs.push(OutputBuilder::<_, CapacityContainerBuilder<Vec<WinIn>>>::from(o));
         win_streams.push(s);
     }
     let (z_out, z_stream) = builder.new_output();
     let mut z_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ZIn>>>::from(z_out);
-    let specs = params.windows.clone();
-    let z_enabled = params.txn_z.enabled;
+    let mut pre: Vec<Option<PreAgg>> = specs.iter().map(|s| s.as_ref().map(PreAgg::new)).collect();
     let z_port = 1 + specs.len();
 
-    builder.build(move |_caps| {
-        move |_frontiers| {
+    builder.build(move |initial| {
+        drop(initial);
+        // One capability per window output and tick with partials held.
+        let mut held: Vec<CapabilitySet<Tick>> = pre.iter().map(|_| CapabilitySet::new()).collect();
+        move |frontiers| {
             let mut txn_session = txn_out.activate();
-            let mut win_sessions: Vec<_> = win_outs.iter_mut().map(|o| o.activate()).collect();
             let mut z_session = z_out.activate();
             input.for_each(|cap, data| {
                 let t = *cap.least().expect("a time");
-                for (i, (spec, out)) in specs.iter().zip(win_sessions.iter_mut()).enumerate() {
-                    let c = cap.delayed(&t, 1 + i);
-                    out.session(&c).give_iterator(data.iter().map(|x| WinIn {
-                        time: x.event_time,
-                        cents: x.amount_cents,
-                        key: group_key(spec, x),
-                    }));
+                for (i, p) in pre.iter_mut().enumerate() {
+                    if let Some(p) = p {
+                        p.add(t, data);
+                        held[i].insert(cap.delayed(&t, 1 + i));
+                    }
                 }
                 if z_enabled {
                     let c = cap.delayed(&t, z_port);
@@ -210,9 +236,25 @@ fn fan_out<'s>(
                         .session(&c)
                         .give_iterator(data.iter().map(ZIn::of));
                 }
-                let c = cap.delayed(&t, 0);
-                txn_session.session(&c).give_container(data);
+                if pass_txns {
+                    let c = cap.delayed(&t, 0);
+                    txn_session.session(&c).give_container(data);
+                }
             });
+            let limit = frontiers[0].frontier().first().copied();
+            for ((p, out), caps) in pre.iter_mut().zip(win_outs.iter_mut()).zip(held.iter_mut()) {
+                let Some(p) = p else { continue };
+                let mut session = out.activate();
+                for (t, partials) in p.take_below(limit) {
+                    session
+                        .session(&caps.delayed(&t))
+                        .give_iterator(partials.into_iter());
+                }
+                match p.pending() {
+                    Some(t) => caps.downgrade([t]),
+                    None => caps.downgrade::<Tick, _>([]),
+                }
+            }
         }
     });
     (txns, win_streams, z_enabled.then_some(z_stream))

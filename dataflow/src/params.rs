@@ -60,6 +60,38 @@ pub struct Params {
     pub window_z: WindowZParams,
     /// Epoch boundaries are multiples of this much event time.
     pub checkpoint_interval_ms: i64,
+    /// Which outputs are computed and written. Left out of the recorded
+    /// parameters when all are on, so older commits still match.
+    #[serde(default, skip_serializing_if = "Outputs::all")]
+    pub outputs: Outputs,
+}
+
+/// Each output can be switched off: not computed (where nothing else needs
+/// it) and not written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outputs {
+    pub transactions: bool,
+    pub windows: bool,
+    /// Off: the detectors do not run either.
+    pub anomalies: bool,
+    pub rejects: bool,
+}
+
+impl Default for Outputs {
+    fn default() -> Self {
+        Outputs {
+            transactions: true,
+            windows: true,
+            anomalies: true,
+            rejects: true,
+        }
+    }
+}
+
+impl Outputs {
+    pub fn all(&self) -> bool {
+        *self == Outputs::default()
+    }
 }
 
 impl Default for Params {
@@ -110,6 +142,7 @@ impl Default for Params {
                 cooldown_ms: 1_800_000,
             },
             checkpoint_interval_ms: 10_000,
+            outputs: Outputs::default(),
         }
     }
 }

@@ -15,12 +15,28 @@ use crate::params::{WindowKind, WindowSpec};
 use crate::stateful::{Emit, Logic};
 use crate::time::{floor_to, tick_of};
 
-/// What a window operator needs of a transaction.
+/// What a window operator takes: a partial aggregate of one key's records,
+/// folded on the worker that read them before the exchange (see [`PreAgg`]),
+/// so a hot key costs one partial per tick and worker, not one message per
+/// record. `first`/`last` are the earliest and latest event times folded in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WinIn {
-    pub time: Millis,
-    pub cents: i64,
+    pub first: Millis,
+    pub last: Millis,
     pub key: String,
+    pub agg: Agg,
+}
+
+impl WinIn {
+    /// One record's partial.
+    pub fn one(time: Millis, cents: i64, key: String) -> Self {
+        WinIn {
+            first: time,
+            last: time,
+            key,
+            agg: Agg::one(cents),
+        }
+    }
 }
 
 /// The group key of a transaction under `spec`: the values joined with `|`,
@@ -29,6 +45,13 @@ pub struct WinIn {
 /// which no escaped value can be.
 pub fn group_key(spec: &WindowSpec, t: &Txn) -> String {
     let mut key = String::new();
+    write_group_key(spec, t, &mut key);
+    key
+}
+
+/// [`group_key`] into a reused buffer.
+pub fn write_group_key(spec: &WindowSpec, t: &Txn, key: &mut String) {
+    key.clear();
     for (i, f) in spec.group_by.iter().enumerate() {
         if i > 0 {
             key.push('|');
@@ -48,7 +71,93 @@ pub fn group_key(spec: &WindowSpec, t: &Txn) -> String {
             key.push(c);
         }
     }
-    key
+}
+
+/// Local pre-aggregation of one window spec's input, per tick and key,
+/// before the exchange (Flink's local-global aggregation). A partial only
+/// ever holds records the window operator would treat as one unit: for
+/// panes, records of one pane; for sessions, a chain of records each
+/// within the gap of another, which joins or starts a session as a whole
+/// exactly as its records would one by one in time order.
+pub struct PreAgg {
+    kind: WindowKind,
+    spec: WindowSpec,
+    buf: String,
+    open: BTreeMap<Tick, Partials>,
+}
+
+#[derive(Default)]
+struct Partials {
+    by_key: FastMap<String, WinIn>,
+    /// Partials pushed out of `by_key` by a record they could not take.
+    done: Vec<WinIn>,
+}
+
+impl PreAgg {
+    pub fn new(spec: &WindowSpec) -> Self {
+        PreAgg {
+            kind: spec.kind.clone(),
+            spec: spec.clone(),
+            buf: String::new(),
+            open: BTreeMap::new(),
+        }
+    }
+
+    fn fits(&self, p: &WinIn, time: Millis) -> bool {
+        match self.kind {
+            WindowKind::Tumbling { size_ms: slide }
+            | WindowKind::Sliding {
+                slide_ms: slide, ..
+            } => floor_to(time, slide) == floor_to(p.first, slide),
+            WindowKind::Session { gap_ms } => time >= p.first - gap_ms && time <= p.last + gap_ms,
+        }
+    }
+
+    /// Folds records at tick `t` in.
+    pub fn add(&mut self, t: Tick, txns: &[Txn]) {
+        let mut open = self.open.remove(&t).unwrap_or_default();
+        for x in txns {
+            write_group_key(&self.spec, x, &mut self.buf);
+            let (time, cents) = (x.event_time, x.amount_cents);
+            match open.by_key.get_mut(self.buf.as_str()) {
+                Some(p) if self.fits(p, time) => {
+                    p.first = p.first.min(time);
+                    p.last = p.last.max(time);
+                    p.agg.merge(&Agg::one(cents));
+                }
+                Some(p) => {
+                    let fresh = WinIn::one(time, cents, self.buf.clone());
+                    open.done.push(std::mem::replace(p, fresh));
+                }
+                None => {
+                    let key = self.buf.clone();
+                    open.by_key
+                        .insert(key.clone(), WinIn::one(time, cents, key));
+                }
+            }
+        }
+        self.open.insert(t, open);
+    }
+
+    /// Takes the partials of every tick below `limit` (all, for `None`).
+    pub fn take_below(&mut self, limit: Option<Tick>) -> Vec<(Tick, Vec<WinIn>)> {
+        let mut out = Vec::new();
+        while let Some(e) = self.open.first_entry() {
+            if limit.is_some_and(|l| *e.key() >= l) {
+                break;
+            }
+            let (t, p) = e.remove_entry();
+            let mut v = p.done;
+            v.extend(p.by_key.into_values());
+            out.push((t, v));
+        }
+        out
+    }
+
+    /// The earliest tick with partials not yet taken.
+    pub fn pending(&self) -> Option<Tick> {
+        self.open.keys().next().copied()
+    }
 }
 
 /// A null group value inside a key: `\N`, since escaping only ever puts
@@ -69,7 +178,7 @@ pub struct Agg {
 }
 
 impl Agg {
-    fn one(cents: i64) -> Self {
+    pub fn one(cents: i64) -> Self {
         Agg {
             count: 1,
             sum: cents,
@@ -77,7 +186,7 @@ impl Agg {
             max: cents,
         }
     }
-    fn merge(&mut self, o: &Agg) {
+    pub fn merge(&mut self, o: &Agg) {
         self.count += o.count;
         self.sum += o.sum;
         self.min = self.min.min(o.min);
@@ -211,20 +320,22 @@ impl Logic for Windows {
     fn on_tick(&mut self, _t: Tick, batch: &mut Vec<WinIn>, _out: &mut Emit<WindowRow>) {
         match self.kind {
             WindowKind::Session { gap_ms } => {
-                batch.sort_by_key(|r| r.time);
+                // Partials are chains (see `PreAgg`): each joins or starts a
+                // session as its records would, taken in time order.
+                batch.sort_by_key(|r| r.first);
                 for r in batch.drain(..) {
                     match self.sessions.get_mut(&r.key) {
                         // The key's queue entry stays where it is: it comes
                         // due no later than the session, and is moved on then.
-                        Some(s) if r.time <= s.last + gap_ms => {
-                            s.last = s.last.max(r.time);
-                            s.agg.merge(&Agg::one(r.cents));
+                        Some(s) if r.first <= s.last + gap_ms => {
+                            s.last = s.last.max(r.last);
+                            s.agg.merge(&r.agg);
                         }
                         Some(s) => {
                             let fresh = Session {
-                                first: r.time,
-                                last: r.time,
-                                agg: Agg::one(r.cents),
+                                first: r.first,
+                                last: r.last,
+                                agg: r.agg,
                             };
                             let old = std::mem::replace(s, fresh);
                             let ot = self.session_emit_tick(&old, gap_ms);
@@ -232,9 +343,9 @@ impl Logic for Windows {
                         }
                         None => {
                             let fresh = Session {
-                                first: r.time,
-                                last: r.time,
-                                agg: Agg::one(r.cents),
+                                first: r.first,
+                                last: r.last,
+                                agg: r.agg,
                             };
                             let t = self.session_emit_tick(&fresh, gap_ms);
                             self.closing.push(Reverse((t, r.key.clone())));
@@ -246,12 +357,12 @@ impl Logic for Windows {
             _ => {
                 let (_, slide) = self.size_slide();
                 for r in batch.drain(..) {
-                    let pane = floor_to(r.time, slide);
+                    let pane = floor_to(r.first, slide);
                     let panes = self.panes.entry(pane).or_default();
                     match panes.get_mut(&r.key) {
-                        Some(a) => a.merge(&Agg::one(r.cents)),
+                        Some(a) => a.merge(&r.agg),
                         None => {
-                            panes.insert(r.key, Agg::one(r.cents));
+                            panes.insert(r.key, r.agg);
                         }
                     }
                 }
@@ -406,11 +517,7 @@ mod tests {
     }
 
     fn rec(time: Millis, cents: i64, key: &str) -> WinIn {
-        WinIn {
-            time,
-            cents,
-            key: key.into(),
-        }
+        WinIn::one(time, cents, key.into())
     }
 
     /// Feeds records tick by tick with the frontier right behind them, then
@@ -420,7 +527,7 @@ mod tests {
         let mut out = Emit::default();
         let mut by_tick: BTreeMap<Tick, Vec<WinIn>> = BTreeMap::new();
         for r in records {
-            by_tick.entry(tick_of(r.time, S)).or_default().push(r);
+            by_tick.entry(tick_of(r.first, S)).or_default().push(r);
         }
         for (t, mut batch) in by_tick {
             w.flush(Some(t), &mut out);
@@ -557,9 +664,9 @@ mod tests {
         let mut out = Emit::default();
         for r in records()
             .into_iter()
-            .filter(|r| tick_of(r.time, S) < boundary)
+            .filter(|r| tick_of(r.first, S) < boundary)
         {
-            let t = tick_of(r.time, S);
+            let t = tick_of(r.first, S);
             w.on_tick(t, &mut vec![r], &mut out);
         }
         w.flush(Some(boundary), &mut out);
@@ -568,14 +675,92 @@ mod tests {
         let mut after = Emit::default();
         for r in records()
             .into_iter()
-            .filter(|r| tick_of(r.time, S) >= boundary)
+            .filter(|r| tick_of(r.first, S) >= boundary)
         {
-            let t = tick_of(r.time, S);
+            let t = tick_of(r.first, S);
             restored.on_tick(t, &mut vec![r], &mut after);
         }
         restored.flush(None, &mut after);
         let mut both = out.rows;
         both.extend(after.rows);
         assert_eq!(brief(&both), brief(&full));
+    }
+
+    /// Pre-aggregated partials give exactly the rows the records would one
+    /// by one: panes and sessions, out-of-order times within and across
+    /// ticks, several upstream workers folding the same tick.
+    #[test]
+    fn pre_aggregation_equals_record_at_a_time() {
+        use crate::event::{Currency, Status, TxnText};
+        let kinds = [
+            WindowKind::Tumbling { size_ms: M },
+            WindowKind::Sliding {
+                size_ms: 3 * M,
+                slide_ms: M,
+            },
+            WindowKind::Session { gap_ms: 2 * S },
+            WindowKind::Session { gap_ms: 30 * M },
+        ];
+        // A fixed pseudo-random stream: times jitter backwards by up to 5 s
+        // (arriving in the tick of the stream time), few keys.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let statuses = [Status::Completed, Status::Pending, Status::Failed];
+        let mut ticks: BTreeMap<Tick, Vec<Vec<Txn>>> = BTreeMap::new();
+        for i in 0..4000i64 {
+            let base = i * 150;
+            let time = base - (next() % 5000) as i64;
+            let status = statuses[(next() % 3) as usize];
+            let txn = Txn::new(
+                time,
+                1 + (next() % 1000) as i64,
+                Currency::Usd,
+                status,
+                TxnText::default(),
+                0,
+                i as u64,
+            );
+            // Two upstream workers, each folding its own share of a tick.
+            let slot = ticks
+                .entry(tick_of(base, S))
+                .or_insert_with(|| vec![Vec::new(), Vec::new()]);
+            slot[(next() % 2) as usize].push(txn);
+        }
+        for kind in kinds {
+            let spec = spec(kind.clone());
+            let run = |pre: bool| {
+                let mut w = Windows::new(0, &spec, S);
+                let mut out = Emit::default();
+                for (&t, workers) in &ticks {
+                    let mut batch: Vec<WinIn> = Vec::new();
+                    for txns in workers {
+                        if pre {
+                            let mut p = PreAgg::new(&spec);
+                            p.add(t, txns);
+                            for (_, v) in p.take_below(None) {
+                                batch.extend(v);
+                            }
+                        } else {
+                            batch.extend(txns.iter().map(|x| {
+                                WinIn::one(x.event_time, x.amount_cents, group_key(&spec, x))
+                            }));
+                        }
+                    }
+                    w.flush(Some(t), &mut out);
+                    w.on_tick(t, &mut batch, &mut out);
+                    w.flush(Some(t + 1), &mut out);
+                }
+                w.flush(None, &mut out);
+                out.rows
+            };
+            let (a, b) = (run(false), run(true));
+            assert!(!a.is_empty());
+            assert_eq!(a, b, "{kind:?}");
+        }
     }
 }

@@ -56,18 +56,36 @@ impl Sums {
 pub struct ZIn {
     pub time: Millis,
     pub cents: i64,
-    pub customer: String,
-    pub transaction_id: String,
+    /// The customer id then the transaction id, in one allocation.
+    text: String,
+    split: u32,
 }
 
 impl ZIn {
     pub fn of(t: &Txn) -> Self {
+        Self::new(
+            t.event_time,
+            t.amount_cents,
+            t.customer_id(),
+            t.transaction_id(),
+        )
+    }
+    pub fn new(time: Millis, cents: i64, customer: &str, transaction_id: &str) -> Self {
+        let mut text = String::with_capacity(customer.len() + transaction_id.len());
+        text.push_str(customer);
+        text.push_str(transaction_id);
         ZIn {
-            time: t.event_time,
-            cents: t.amount_cents,
-            customer: t.customer_id().to_owned(),
-            transaction_id: t.transaction_id().to_owned(),
+            time,
+            cents,
+            text,
+            split: customer.len() as u32,
         }
+    }
+    pub fn customer(&self) -> &str {
+        &self.text[..self.split as usize]
+    }
+    pub fn transaction_id(&self) -> &str {
+        &self.text[self.split as usize..]
     }
 }
 
@@ -101,13 +119,13 @@ impl Logic for TxnZ {
 
     fn on_tick(&mut self, t: Tick, batch: &mut Vec<ZIn>, out: &mut Emit<Anomaly>) {
         batch.sort_unstable_by(|a, b| {
-            (a.time, a.transaction_id.as_bytes()).cmp(&(b.time, b.transaction_id.as_bytes()))
+            (a.time, a.transaction_id().as_bytes()).cmp(&(b.time, b.transaction_id().as_bytes()))
         });
         for r in batch.drain(..) {
-            if !self.stats.contains_key(&r.customer) {
-                self.stats.insert(r.customer.clone(), Sums::default());
+            if !self.stats.contains_key(r.customer()) {
+                self.stats.insert(r.customer().to_owned(), Sums::default());
             }
-            let sums = self.stats.get_mut(&r.customer).expect("inserted above");
+            let sums = self.stats.get_mut(r.customer()).expect("inserted above");
             if sums.n >= self.p.min_history {
                 if let Some((mean, stddev, z)) = sums.score(r.cents) {
                     if z.abs() >= self.p.z_threshold {
@@ -115,7 +133,7 @@ impl Logic for TxnZ {
                             t,
                             Anomaly {
                                 kind: AnomalyKind::Transaction,
-                                key: r.customer.clone(),
+                                key: r.customer().to_owned(),
                                 metric: Metric::Amount,
                                 value: r.cents as f64 / 100.0,
                                 mean: mean / 100.0,
@@ -123,7 +141,7 @@ impl Logic for TxnZ {
                                 z,
                                 event_time: r.time,
                                 history_count: sums.n,
-                                transaction_id: Some(r.transaction_id),
+                                transaction_id: Some(r.transaction_id().to_owned()),
                                 window: None,
                             },
                         ));
@@ -288,12 +306,7 @@ mod tests {
     use super::*;
 
     fn zin(time: Millis, cents: i64, id: &str) -> ZIn {
-        ZIn {
-            time,
-            cents,
-            customer: "c1".into(),
-            transaction_id: id.into(),
-        }
+        ZIn::new(time, cents, "c1", id)
     }
 
     fn txn_z(min_history: u64) -> TxnZ {
