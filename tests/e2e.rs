@@ -566,3 +566,48 @@ fn a_changed_window_is_refused_unless_allowed_and_then_only_it_restarts() {
         assert_eq!(w.txn_count, Some(seen as i64), "{w:?}");
     }
 }
+
+/// The workload other engines are measured on: dedup and one tumbling
+/// window, every other output and the detectors off. What is switched off
+/// is not written; what stays is exactly what the full job writes for it.
+#[test]
+fn switched_off_outputs_are_not_written_and_the_rest_is_unchanged() {
+    let tmp = common::tempdir();
+    let input = common::generate(&tmp.join("in"), 60_000, 4, 17, 200);
+    let full_cfg = write_config(&tmp, FAST_COMMITS);
+    let full = tmp.join("full");
+    run_replay(&input, &full, &full_cfg, &["-w", "2"]);
+    let expected = read_committed(&full);
+
+    let peer_dir = tmp.join("peer-config");
+    std::fs::create_dir_all(&peer_dir).unwrap();
+    let peer_cfg = write_config(
+        &peer_dir,
+        &format!(
+            "{FAST_COMMITS}[outputs]\ntransactions = false\nrejects = false\n\
+             [anomaly.transaction]\nenabled = false\n[anomaly.window]\nenabled = false\n\
+             [[windows]]\nname = \"status_1m\"\nkind = \"tumbling\"\nsize = \"1m\"\n\
+             group_by = [\"status\"]\naggregates = [\"count\", \"sum\", \"avg\", \"min\", \"max\"]\n"
+        ),
+    );
+    let peer = tmp.join("peer");
+    run_replay(&input, &peer, &peer_cfg, &["-w", "2"]);
+    verify_ok(&peer);
+    let got = read_committed(&peer);
+    assert!(got.transactions.is_empty() && got.rejects.is_empty() && got.anomalies.is_empty());
+    assert!(!expected.rejects.is_empty() && !expected.anomalies.is_empty());
+    let mut want: Vec<_> = expected
+        .windows
+        .iter()
+        .filter(|w| w.window == "status_1m")
+        .cloned()
+        .collect();
+    let mut have = got.windows.clone();
+    let key = |w: &common::reference::WindowRow| (w.window_start, format!("{:?}", w.group));
+    want.sort_by_key(key);
+    have.sort_by_key(key);
+    assert!(want.len() > 10, "{} status windows", want.len());
+    assert_eq!(have, want);
+    // Duplicates are still decided (and counted) without the transactions output.
+    assert_eq!(got.duplicates, expected.duplicates);
+}
