@@ -202,8 +202,34 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
     let (out, reports) = builder.new_output();
     let mut out = OutputBuilder::<_, CapacityContainerBuilder<Vec<EpochReport>>>::from(out);
 
+    // Finishing an epoch's files, hashing and storing them and the state
+    // happen on a thread of their own, in order, so the worker keeps
+    // processing (and its frontier moving) while they are written. The
+    // report is released, with the capability held for it, when it is back.
+    let (jobs, job_rx) = std::sync::mpsc::channel::<(Option<Tick>, OpenEpoch, StateSnapshot)>();
+    let (done_tx, finished) = std::sync::mpsc::channel::<EpochReport>();
+    let activator = scope
+        .worker()
+        .sync_activator_for(builder.operator_info().address.to_vec());
+    let thread_cfg = cfg.clone();
+    std::thread::Builder::new()
+        .name(format!("epoch-writer-{worker}"))
+        .spawn(move || {
+            for (boundary, epoch, state) in job_rx {
+                let report = close_epoch(&thread_cfg, worker, boundary, epoch, state);
+                if done_tx.send(report).is_err() {
+                    break;
+                }
+                let _ = activator.activate();
+            }
+        })
+        .expect("starting the epoch writer thread");
+
     builder.build(move |initial| {
         drop(initial);
+        let mut in_flight: std::collections::VecDeque<
+            timely::dataflow::operators::Capability<Tick>,
+        > = std::collections::VecDeque::new();
         let mut caps = CapabilitySet::<Tick>::new();
         let mut inputs = Inputs {
             txns: Buffer::new(),
@@ -250,6 +276,13 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                     }
                 }
             });
+            {
+                let mut session = out.activate();
+                while let Ok(report) = finished.try_recv() {
+                    let cap = in_flight.pop_front().expect("a capability per epoch sent");
+                    session.session(&cap).give(report);
+                }
+            }
             if done {
                 return;
             }
@@ -258,22 +291,19 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                 .iter()
                 .filter_map(|f| f.frontier().iter().min().copied())
                 .min();
-            let mut session = out.activate();
-
             while let Some(&b) = boundaries.first() {
                 if frontier.is_some_and(|f| f < b) {
                     break;
                 }
                 boundaries.remove(0);
                 inputs.seal(Some(b), &mut epoch, &cfg);
-                let report = close_epoch(
-                    &cfg,
-                    worker,
+                in_flight.push_back(caps.delayed(&(b - 1)));
+                let job = (
                     Some(b),
                     std::mem::take(&mut epoch),
                     take_states(&mut states, Some(b)),
                 );
-                session.session(&caps.delayed(&(b - 1))).give(report);
+                jobs.send(job).expect("the epoch writer thread is running");
             }
 
             match frontier {
@@ -290,15 +320,14 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                 None => {
                     if final_at.is_some() {
                         inputs.seal(None, &mut epoch, &cfg);
-                        let report = close_epoch(
-                            &cfg,
-                            worker,
-                            None,
-                            std::mem::take(&mut epoch),
-                            take_states(&mut states, None),
-                        );
                         if let Some(t) = caps.iter().map(|c| *c.time()).min() {
-                            session.session(&caps.delayed(&t)).give(report);
+                            in_flight.push_back(caps.delayed(&t));
+                            let job = (
+                                None,
+                                std::mem::take(&mut epoch),
+                                take_states(&mut states, None),
+                            );
+                            jobs.send(job).expect("the epoch writer thread is running");
                         }
                     }
                     caps = CapabilitySet::new();
