@@ -276,6 +276,10 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // Reaching a partition's end is news, not trouble.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         self.errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = format!("{:?}", error.rdkafka_error_code());
@@ -326,6 +330,8 @@ impl Shared {
             KafkaError::MessageConsumptionFatal(code) => {
                 Err(format!("{at}fatal Kafka consumer error: {code}"))
             }
+            // A partition's end seen on the consumer queue: news, not trouble.
+            KafkaError::PartitionEOF(_) => Ok(()),
             KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset) => Err(format!(
                 "{at}the position to read no longer exists on the broker (records deleted \
                  by retention, or the topic was recreated): {e}. To skip the lost records, \
