@@ -39,6 +39,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tidemark_connectors::generator::{mix64, MERCHANT_NAMES};
 use tidemark_connectors::kafka::{high_watermarks, produce_lines, topic_partitions, KafkaSettings};
 use tidemark_dataflow::rfc3339::format_rfc3339_ms;
 
@@ -133,24 +134,6 @@ fn consume(brokers: &str, topic: &str) -> Result<()> {
 const PACE: Duration = Duration::from_millis(5);
 const CUSTOMERS: u64 = 10_000;
 const MERCHANTS: u64 = 100;
-const MERCHANT_BASES: [&str; 16] = [
-    "Acme Stores",
-    "Globex",
-    "Initech",
-    "Umbrella Pharmacy",
-    "Café Lumière",
-    "Bäckerei Müller",
-    "東京ラーメン",
-    "Joe's \"Diner\"",
-    "Northwind Traders",
-    "Blue Bottle",
-    "Stark Fuel",
-    "Wayne Electronics",
-    "Soylent Market",
-    "Hooli Cloud",
-    "Pied Piper",
-    "Vandelay Imports",
-];
 const CATEGORIES: [&str; 10] = [
     "grocery",
     "electronics",
@@ -191,12 +174,6 @@ impl Rng {
     }
 }
 
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Records shaped like the generator's valid transactions: ~10k customers
 /// (80% of the traffic from a fifth of them), each with a usual amount;
 /// ~100 merchants with a skewed popularity; mostly COMPLETED; one in 500
@@ -213,7 +190,7 @@ impl Txns {
         let merchants = (0..MERCHANTS)
             .map(|m| {
                 let h = mix64(seed ^ (m << 8) ^ 2);
-                let name = format!("{} #{m:04}", MERCHANT_BASES[(h % 16) as usize]);
+                let name = format!("{} #{m:04}", MERCHANT_NAMES[(h % 16) as usize]);
                 let json = serde_json::to_string(&name).expect("a string serializes");
                 (json, CATEGORIES[(h >> 8) as usize % CATEGORIES.len()])
             })

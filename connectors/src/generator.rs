@@ -611,7 +611,8 @@ impl Iterator for LabeledGen {
 // ---------------------------------------------------------------------------
 // Randomness
 
-pub(crate) fn mix64(mut z: u64) -> u64 {
+/// splitmix64's finaliser: a fixed, well-mixed 64-bit hash.
+pub fn mix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -681,7 +682,8 @@ pub(crate) const CATEGORIES: [&str; 10] = [
     "home",
     "digital_goods",
 ];
-const MERCHANT_NAMES: [&str; 16] = [
+/// Merchant name stems (each merchant is `<stem> #NNNN`).
+pub const MERCHANT_NAMES: [&str; 16] = [
     "Acme Stores",
     "Globex",
     "Initech",

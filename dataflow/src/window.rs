@@ -80,15 +80,53 @@ pub fn write_group_key(spec: &WindowSpec, t: &Txn, key: &mut String) {
 /// within the gap of another, which joins or starts a session as a whole
 /// exactly as its records would one by one in time order.
 pub struct PreAgg {
-    kind: WindowKind,
     spec: WindowSpec,
+    /// The key being looked up, reused so only a new key allocates.
     buf: String,
     open: BTreeMap<Tick, Partials>,
 }
 
+/// A partial without its key (the map holds the key).
+#[derive(Clone, Copy)]
+struct Part {
+    first: Millis,
+    last: Millis,
+    agg: Agg,
+}
+
+impl Part {
+    fn one(time: Millis, cents: i64) -> Self {
+        Part {
+            first: time,
+            last: time,
+            agg: Agg::one(cents),
+        }
+    }
+    fn into_win_in(self, key: String) -> WinIn {
+        WinIn {
+            first: self.first,
+            last: self.last,
+            key,
+            agg: self.agg,
+        }
+    }
+    /// Whether the record at `time` belongs in this partial under `kind`.
+    fn fits(&self, kind: &WindowKind, time: Millis) -> bool {
+        match *kind {
+            WindowKind::Tumbling { size_ms: slide }
+            | WindowKind::Sliding {
+                slide_ms: slide, ..
+            } => floor_to(time, slide) == floor_to(self.first, slide),
+            WindowKind::Session { gap_ms } => {
+                time >= self.first - gap_ms && time <= self.last + gap_ms
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Partials {
-    by_key: FastMap<String, WinIn>,
+    by_key: FastMap<String, Part>,
     /// Partials pushed out of `by_key` by a record they could not take.
     done: Vec<WinIn>,
 }
@@ -96,47 +134,33 @@ struct Partials {
 impl PreAgg {
     pub fn new(spec: &WindowSpec) -> Self {
         PreAgg {
-            kind: spec.kind.clone(),
             spec: spec.clone(),
             buf: String::new(),
             open: BTreeMap::new(),
         }
     }
 
-    fn fits(&self, p: &WinIn, time: Millis) -> bool {
-        match self.kind {
-            WindowKind::Tumbling { size_ms: slide }
-            | WindowKind::Sliding {
-                slide_ms: slide, ..
-            } => floor_to(time, slide) == floor_to(p.first, slide),
-            WindowKind::Session { gap_ms } => time >= p.first - gap_ms && time <= p.last + gap_ms,
-        }
-    }
-
     /// Folds records at tick `t` in.
     pub fn add(&mut self, t: Tick, txns: &[Txn]) {
-        let mut open = self.open.remove(&t).unwrap_or_default();
+        let open = self.open.entry(t).or_default();
         for x in txns {
             write_group_key(&self.spec, x, &mut self.buf);
             let (time, cents) = (x.event_time, x.amount_cents);
             match open.by_key.get_mut(self.buf.as_str()) {
-                Some(p) if self.fits(p, time) => {
+                Some(p) if p.fits(&self.spec.kind, time) => {
                     p.first = p.first.min(time);
                     p.last = p.last.max(time);
                     p.agg.merge(&Agg::one(cents));
                 }
                 Some(p) => {
-                    let fresh = WinIn::one(time, cents, self.buf.clone());
-                    open.done.push(std::mem::replace(p, fresh));
+                    let old = std::mem::replace(p, Part::one(time, cents));
+                    open.done.push(old.into_win_in(self.buf.clone()));
                 }
                 None => {
-                    let key = self.buf.clone();
-                    open.by_key
-                        .insert(key.clone(), WinIn::one(time, cents, key));
+                    open.by_key.insert(self.buf.clone(), Part::one(time, cents));
                 }
             }
         }
-        self.open.insert(t, open);
     }
 
     /// Takes the partials of every tick below `limit` (all, for `None`).
@@ -148,7 +172,7 @@ impl PreAgg {
             }
             let (t, p) = e.remove_entry();
             let mut v = p.done;
-            v.extend(p.by_key.into_values());
+            v.extend(p.by_key.into_iter().map(|(k, part)| part.into_win_in(k)));
             out.push((t, v));
         }
         out
