@@ -484,11 +484,14 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         }
     }
     let latency = shared.latency.lock().unwrap().clone();
-    let streaming = matches!(
-        shared.spec.source,
-        SourceSpec::Kafka(_) | SourceSpec::Kinesis(_)
-    );
-    let beyond_watermark = streaming.then(|| shared.beyond_watermark.lock().unwrap().clone());
+    // Only a job that follows a live source has a meaningful figure: in a
+    // bounded replay event time is history, not wall time.
+    let following = match &shared.spec.source {
+        SourceSpec::Kafka(k) => k.parts.iter().any(|p| p.end.is_none()),
+        SourceSpec::Kinesis(k) => !k.bounded(),
+        _ => false,
+    };
+    let beyond_watermark = following.then(|| shared.beyond_watermark.lock().unwrap().clone());
     let restored = shared
         .resume
         .is_some()
@@ -592,6 +595,10 @@ fn collect(sh: &Shared) {
             if let Some(w) = s.watermark_ms {
                 gauge!("tidemark_source_watermark_timestamp_seconds", &labels).set(w as f64 / 1e3);
             }
+            // How long a partition with records unread has had none arrive
+            // (past `idle_timeout`; 0 otherwise): it holds the frontier.
+            let stalled = s.stalled_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            gauge!("tidemark_source_stalled_seconds", &labels).set(stalled);
         }
     }
     let f = sh.frontier_ms.load(Ordering::Relaxed);
@@ -873,11 +880,16 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                         break;
                     }
                     delay.record_many(now.duration_since(at).as_secs_f64(), n as usize);
-                    // Only meaningful when event time is wall time (streaming).
+                    // From the moment a perfect system could know the tick
+                    // complete (its end plus the out-of-orderness bound), or
+                    // the record's read if that came later: a backlog of old
+                    // records counts from when it was read, not from an
+                    // event time long past.
                     let ready = (t + 1)
                         .saturating_mul(params.tick_ms)
                         .saturating_add(params.max_out_of_orderness_ms);
-                    let late_ms = wall_ms.saturating_sub(ready).max(0) as u64;
+                    let read_ms = wall_ms - now.duration_since(at).as_millis() as i64;
+                    let late_ms = wall_ms.saturating_sub(ready.max(read_ms)).max(0) as u64;
                     beyond.record(Duration::from_millis(late_ms), n as u64);
                     q.pop_front();
                 }

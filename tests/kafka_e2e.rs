@@ -655,3 +655,187 @@ fn merchants_from_a_compacted_topic_enrich_as_the_spec_says() {
     assert!(expected.rejects.iter().any(|r| r.source == "merchants"));
     assert_same(&expected, &read_committed(&out));
 }
+
+// ---------------------------------------------------------------------------
+// Broker outages longer than `idle_timeout` (30 s by default): a partition
+// with records unread is waiting, not idle, so it holds the frontier and
+// none of its records becomes LATE, however long the broker is away.
+
+/// How the broker goes away for [`OUTAGE`].
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// SIGSTOP: connections stay open and nothing answers.
+    Hang,
+    /// SIGKILL, then a restart on the same port and data: connections refused.
+    Kill,
+}
+
+/// Twice the default `idle_timeout`: on a job that counted a silent
+/// partition as idle, the frontier would pass its unread records.
+const OUTAGE: Duration = Duration::from_secs(60);
+
+fn outage(broker: &mut Tansu, how: Outage) {
+    match how {
+        Outage::Hang => {
+            broker.pause();
+            std::thread::sleep(OUTAGE);
+            broker.resume();
+        }
+        Outage::Kill => {
+            broker.kill();
+            std::thread::sleep(OUTAGE);
+            broker.restart();
+        }
+    }
+}
+
+/// A job started with its stderr drained on a thread (so a long outage's
+/// warnings never fill the pipe): the child and its stderr at exit.
+fn spawn_logged(mut cmd: Command) -> (Child, std::thread::JoinHandle<String>) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    (child, log)
+}
+
+/// 60,000 records over 8 partitions on a fresh broker, and what the SPEC
+/// (the independent reference, not the job) says they produce.
+fn outage_dataset(dir: &Path, broker: &Tansu, seed: u64) -> Outputs {
+    use common::reference::{compute_records, read_records, RefParams};
+    let input = dir.join("in");
+    common::generate(&input, 60_000, 8, seed, 1000);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    produce(broker, "payments", &files);
+    let records: Vec<Vec<Vec<u8>>> = files.iter().map(|f| read_records(f)).collect();
+    compute_records(&records, &RefParams::default())
+}
+
+fn late(o: &Outputs) -> usize {
+    o.rejects.iter().filter(|r| r.reason == "LATE").count()
+}
+
+/// Waits until the job has committed `n` epochs (it must still be running).
+fn await_commits(job: &mut Child, out: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while manifests(out) < n {
+        assert!(job.try_wait().unwrap().is_none(), "the job ended early");
+        assert!(Instant::now() < deadline, "no {n} commits in 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bounded replay (`replay --kafka … --to latest`, rate-limited so the
+/// broker goes away mid-run) through a minute-long outage: exit 0, a
+/// warning naming the waiting partitions, and exactly the reference's
+/// outputs (no extra LATE).
+fn bounded_replay_rides_out(how: Outage, seed: u64) {
+    let tmp = common::tempdir();
+    let mut broker = Tansu::start();
+    let expected = outage_dataset(&tmp, &broker, seed);
+    let config = write(&tmp, "fast.toml", FAST_COMMITS);
+    let out = tmp.join("out");
+    let mut cmd = Command::new(common::tidemark_bin());
+    cmd.args([
+        "replay",
+        "--kafka",
+        &broker.brokers(),
+        "--topic",
+        "payments",
+    ])
+    .args(["--from", "earliest", "--to", "latest", "-w", "2"])
+    .args(["--rate", "8000", "--output", out.to_str().unwrap()])
+    .args(["--config", config.to_str().unwrap()])
+    .env("TIDEMARK_LOG", "warn")
+    .stdout(Stdio::piped());
+    let (mut job, log) = spawn_logged(cmd);
+    await_commits(&mut job, &out, 2);
+    outage(&mut broker, how);
+    let o = job.wait_with_output().unwrap();
+    let log = log.join().unwrap();
+    assert!(o.status.success(), "{how:?}: the replay failed: {log}");
+    assert!(
+        log.contains("has records unread") && log.contains("topic payments partition"),
+        "{how:?}: no warning named a waiting partition: {log}"
+    );
+    // A bounded replay of history has no meaningful event-to-frontier
+    // figure against the wall clock.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(!stdout.contains("beyond watermark"), "{stdout}");
+    let actual = read_committed(&out);
+    assert_eq!(late(&actual), late(&expected), "{how:?}: LATE rejects");
+    assert_same(&expected, &actual);
+}
+
+#[test]
+fn a_broker_hung_for_a_minute_mid_replay_changes_nothing() {
+    bounded_replay_rides_out(Outage::Hang, 41);
+}
+
+#[test]
+fn a_broker_killed_for_a_minute_mid_replay_changes_nothing() {
+    bounded_replay_rides_out(Outage::Kill, 42);
+}
+
+/// Following the topic (no end) through a hang and then a kill of the
+/// broker, each a minute long; killed once it has committed most of the
+/// records, then restarted bounded (`end = latest`): the committed outputs
+/// are exactly the reference's.
+#[test]
+fn a_following_job_rides_out_a_hung_and_a_killed_broker() {
+    let tmp = common::tempdir();
+    let mut broker = Tansu::start();
+    let expected = outage_dataset(&tmp, &broker, 43);
+    let total: u64 = ends(&broker, "payments", 8).iter().sum();
+    let follow = write(
+        &tmp,
+        "follow.toml",
+        &format!(
+            "{FAST_COMMITS}\n[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"payments\"]\ngroup_id = \"follower\"\n",
+            broker.brokers()
+        ),
+    );
+    let out = tmp.join("out");
+    let (mut job, log) = spawn_logged(run_cmd(&follow, &out, &["-w", "2", "--rate", "3000"]));
+    await_commits(&mut job, &out, 2);
+    outage(&mut broker, Outage::Hang);
+    await_commits(&mut job, &out, manifests(&out) + 2);
+    outage(&mut broker, Outage::Kill);
+    // Most records read and committed after both outages: the group's
+    // offsets mirror the committed positions.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(job.try_wait().unwrap().is_none(), "a following job ended");
+        let committed: u64 = group_offsets(&broker, "payments", "follower", 8)
+            .iter()
+            .map(|o| o.unwrap_or(0))
+            .sum();
+        if committed * 10 >= total * 9 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stuck at {committed} of {total}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    job.kill().unwrap();
+    job.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(
+        log.contains("has records unread"),
+        "no warning named a waiting partition: {log}"
+    );
+    let bounded = kafka_config(&tmp, &broker, "payments", "follower");
+    finish(
+        run_cmd(&bounded, &out, &["-w", "2"]).spawn().unwrap(),
+        "bounded restart",
+    );
+    let actual = read_committed(&out);
+    assert_eq!(late(&actual), late(&expected), "LATE rejects");
+    assert_same(&expected, &actual);
+}

@@ -252,9 +252,6 @@ impl Throttle {
 #[derive(Default)]
 pub struct KafkaContext {
     throttle: Throttle,
-    /// Transient client errors seen (brokers down, transport failures):
-    /// readers that made no progress since one report `Unavailable`.
-    errors: std::sync::atomic::AtomicU64,
 }
 
 impl KafkaContext {
@@ -280,8 +277,6 @@ impl ClientContext for KafkaContext {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
             return;
         }
-        self.errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = format!("{:?}", error.rdkafka_error_code());
         self.warn(&key, &format_args!("{error}: {reason}"));
     }
@@ -304,7 +299,7 @@ struct Shared {
 impl Shared {
     /// Serves the consumer queue: errors and events not tied to a partition
     /// (broker down, reconnects). librdkafka reconnects by itself; transient
-    /// errors are logged (throttled) and the readers keep returning Pending.
+    /// errors are logged (throttled) and the readers keep returning Waiting.
     fn serve(&self) -> Result<(), String> {
         while let Some(r) = self.consumer.poll(Duration::ZERO) {
             match r {
@@ -340,9 +335,9 @@ impl Shared {
             )),
             _ => {
                 let key = format!("{at}{:?}", e.rdkafka_error_code());
-                let cx = self.consumer.context();
-                cx.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                cx.warn(&key, &format_args!("{at}{e} (retrying)"));
+                self.consumer
+                    .context()
+                    .warn(&key, &format_args!("{at}{e} (retrying)"));
                 Ok(())
             }
         }
@@ -360,20 +355,27 @@ pub struct KafkaReader {
     start: u64,
     next: u64,
     end: Option<u64>,
-    /// The client's error count when this partition last made progress (a
-    /// record or end of partition).
-    errors_at_progress: u64,
+    /// The last thing the partition queue said was "end of partition" (the
+    /// broker's high watermark as of its last answer), with no record since.
+    at_eof: bool,
+}
+
+/// What a poll that found no record means (SPEC 3's idleness): an
+/// unbounded partition is caught up only at the end the broker last
+/// reported — partition EOF, with no record since. Anything else is
+/// waiting: a bounded read below its end, a position behind the high
+/// watermark, the time before the first fetch answers, a broker that hangs
+/// or refuses connections. A waiting partition holds the frontier however
+/// long it takes, so no record becomes late because of an outage.
+pub fn empty_poll(bounded: bool, at_eof: bool) -> Poll {
+    if !bounded && at_eof {
+        Poll::CaughtUp
+    } else {
+        Poll::Waiting
+    }
 }
 
 impl KafkaReader {
-    fn errors(&self) -> u64 {
-        self.shared
-            .consumer
-            .context()
-            .errors
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// The job's partition number.
     pub fn index(&self) -> u32 {
         self.index
@@ -425,6 +427,7 @@ impl KafkaReader {
                 batch.push(bytes, *offset);
                 self.next = offset + 1;
                 *pushed += 1;
+                self.at_eof = false;
             }
         }
         recs.drain(..taken);
@@ -459,10 +462,11 @@ impl PartitionReader for KafkaReader {
                     batch.push(m.payload().unwrap_or(&[]), offset);
                     self.next = offset + 1;
                     pushed += 1;
+                    self.at_eof = false;
                     reached_end = self.end.is_some_and(|e| self.next >= e);
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {
-                    self.errors_at_progress = self.errors();
+                    self.at_eof = true;
                     // Caught up. A bounded read may end in offsets that
                     // hold only control records: ask librdkafka's position.
                     if let Some(end) = self.end {
@@ -480,20 +484,26 @@ impl PartitionReader for KafkaReader {
         if reached_end {
             self.finish();
         }
-        if pushed > 0 {
-            self.errors_at_progress = self.errors();
-        }
         Ok(if pushed > 0 {
             Poll::Ready
         } else if self.queue.is_none() {
             Poll::Finished
-        } else if self.errors() > self.errors_at_progress {
-            // Errors since the last record or end of partition: the broker
-            // may hold records we cannot see, so this is not idleness.
-            Poll::Unavailable
         } else {
-            Poll::Pending
+            empty_poll(self.end.is_some(), self.at_eof)
         })
+    }
+
+    fn describe(&self) -> String {
+        match self.end {
+            Some(end) => format!(
+                "topic {} partition {}, at offset {} of {end}",
+                self.topic, self.partition, self.next
+            ),
+            None => format!(
+                "topic {} partition {}, at offset {}",
+                self.topic, self.partition, self.next
+            ),
+        }
     }
 }
 
@@ -602,7 +612,7 @@ pub fn open_readers(
             start,
             next: start,
             end: p.end,
-            errors_at_progress: 0,
+            at_eof: false,
         });
     }
     if tpl.count() > 0 {
@@ -1064,5 +1074,31 @@ mod tests {
             e.contains("no.such.password") && !e.contains("s3cr3t"),
             "{e}"
         );
+    }
+
+    /// The idleness rule for Kafka (SPEC 3): only an unbounded partition at
+    /// the broker's reported end is caught up. Every other empty poll waits,
+    /// whatever happened before: a bounded read is never idle below its
+    /// end (it finishes there), and without an end-of-partition since the
+    /// last record — a hung broker, a refused connection, a fetch not yet
+    /// answered — the partition may hold unread records.
+    #[test]
+    fn only_an_unbounded_partition_at_its_reported_end_is_caught_up() {
+        let cases = [
+            // (bounded, at_eof, expected)
+            (false, true, Poll::CaughtUp),
+            (false, false, Poll::Waiting),
+            // A bounded read that saw an EOF (the high watermark of the
+            // moment) but is still below its end: waiting, not idle.
+            (true, true, Poll::Waiting),
+            (true, false, Poll::Waiting),
+        ];
+        for (bounded, at_eof, want) in cases {
+            assert_eq!(
+                empty_poll(bounded, at_eof),
+                want,
+                "bounded {bounded}, at_eof {at_eof}"
+            );
+        }
     }
 }

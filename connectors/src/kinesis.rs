@@ -33,7 +33,7 @@
 //!   reader of a process, across worker threads. A reader marks its
 //!   partition finished when it returns [`Poll::Finished`] (closed shard read
 //!   to the end, or a bound reached); a child reader answers
-//!   [`Poll::Unavailable`] until all of its waited-on parents are in the
+//!   [`Poll::Waiting`] until all of its waited-on parents are in the
 //!   set: its records may be waiting, so it is not idle and keeps holding
 //!   the watermark (an idle child would let the frontier pass records a
 //!   parent's backlog keeps it from reading).
@@ -73,7 +73,7 @@
 //! - ProvisionedThroughputExceeded, KMS throttling, LimitExceeded and other
 //!   throttling, timeouts and transport errors back off exponentially with
 //!   full jitter ([`Backoff`]); meanwhile the reader answers
-//!   [`Poll::Unavailable`] (records may be waiting: not idleness).
+//!   [`Poll::Waiting`] (records may be waiting: not idleness).
 //! - An expired iterator (ExpiredIteratorException, 5 minutes unused) is
 //!   renewed from the last sequence number fetched (AFTER_SEQUENCE_NUMBER),
 //!   or from the start position when nothing was fetched yet (a fresh
@@ -770,7 +770,7 @@ pub trait ShardApi: Send + 'static {
 }
 
 /// [`ShardApi`] over the SDK. The SDK does not retry these calls: the
-/// reader backs off itself and answers `Unavailable` meanwhile.
+/// reader backs off itself and answers `Waiting` meanwhile.
 pub struct SdkShardApi {
     client: KinesisClient,
     stream: String,
@@ -1006,7 +1006,7 @@ pub struct KinesisShardReader {
     closed: bool,
     caught_up: bool,
     finished: bool,
-    /// The last call failed (throttling, transport): `Unavailable` until a
+    /// The last call failed (throttling, transport): `Waiting` until a
     /// call succeeds.
     failing: bool,
     backoff: Backoff,
@@ -1497,7 +1497,7 @@ impl PartitionReader for KinesisShardReader {
         }
         if !self.wait_for.is_empty() {
             if !self.lineage.all_finished(&self.wait_for) {
-                return Ok(Poll::Unavailable);
+                return Ok(Poll::Waiting);
             }
             self.wait_for.clear();
         }
@@ -1514,15 +1514,20 @@ impl PartitionReader for KinesisShardReader {
             Poll::Ready
         } else if self.finished {
             Poll::Finished
-        } else if self.failing
-            || self.millis_behind_latest().is_some_and(|m| m > 0)
-            || !self.buffer.is_empty()
+        } else if !self.failing && self.buffer.is_empty() && self.millis_behind_latest() == Some(0)
         {
-            // Records are (or may be) waiting: not idleness.
-            Poll::Unavailable
+            // The last GetRecords answered and said the shard's tip is
+            // reached: nothing known unread (SPEC 3's idleness).
+            Poll::CaughtUp
         } else {
-            Poll::Pending
+            // Records are (or may be) waiting: behind the tip, not asked
+            // yet, or the endpoint failing or throttling. Never idle.
+            Poll::Waiting
         })
+    }
+
+    fn describe(&self) -> String {
+        self.what()
     }
 }
 
@@ -2001,10 +2006,10 @@ mod tests {
             .map(|(i, d)| (i as u64, d.to_string()))
             .collect();
         assert_eq!(got, want);
-        // While backing off the reader is Unavailable, never idle-Pending
+        // While backing off the reader is Waiting, never CaughtUp
         // before the first record.
         let first_ready = polls.iter().position(|p| *p == Poll::Ready).unwrap();
-        assert!(polls[..first_ready].iter().all(|p| *p == Poll::Unavailable));
+        assert!(polls[..first_ready].iter().all(|p| *p == Poll::Waiting));
         // The delays between calls: each error's jittered delay (the same
         // seeded sequence), at least the 20 ms interval, and the ceilings
         // doubling 40, 80, 160, 200 (cap), 200.
@@ -2085,7 +2090,7 @@ mod tests {
         )
         .unwrap();
         let mut batch = RawBatch::default();
-        assert_eq!(child.poll(2, &mut batch).unwrap(), Poll::Unavailable);
+        assert_eq!(child.poll(2, &mut batch).unwrap(), Poll::Waiting);
         assert!(child.waiting_for_parents());
         assert!(
             child_api.iterators.lock().unwrap().is_empty(),

@@ -106,6 +106,12 @@ impl StreamSource {
         }))
     }
 
+    /// Whether the read ends (`kinesis.end`), rather than following the
+    /// stream for ever.
+    pub fn bounded(&self) -> bool {
+        self.end_ms.is_some()
+    }
+
     pub fn stream(&self) -> &str {
         &self.stream
     }

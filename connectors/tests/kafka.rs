@@ -61,7 +61,7 @@ fn read_to_end(readers: &mut [KafkaReader], max: usize) -> BTreeMap<u32, Records
             if poll == Poll::Finished {
                 done[i] = true;
             }
-            if poll == Poll::Pending {
+            if poll != Poll::Ready {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
@@ -85,20 +85,34 @@ fn read_n(r: &mut KafkaReader, n: usize, within: Duration) -> Records {
         let poll = r.poll(n - got.len(), &mut batch).expect("poll");
         assert_ne!(poll, Poll::Finished, "an unbounded read finished");
         got.extend(batch.iter().map(|(b, o)| (o, b.to_vec())));
-        if poll == Poll::Pending {
+        if poll != Poll::Ready {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
     got
 }
 
-/// Polls for `period`: every answer must be Pending, with no record.
-fn assert_pending_for(r: &mut KafkaReader, period: Duration) {
-    let end = Instant::now() + period;
+/// An unbounded reader with nothing new: it answers Waiting (no record)
+/// until the broker reports the partition's end, then CaughtUp (no record)
+/// for all of `period`.
+fn assert_caught_up_for(r: &mut KafkaReader, period: Duration) {
     let mut batch = RawBatch::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        batch.clear();
+        let poll = r.poll(100, &mut batch).unwrap();
+        assert!(batch.is_empty(), "unexpected records: {:?}", batch.records);
+        if poll == Poll::CaughtUp {
+            break;
+        }
+        assert_eq!(poll, Poll::Waiting, "before the end is reported");
+        assert!(Instant::now() < deadline, "never caught up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let end = Instant::now() + period;
     while Instant::now() < end {
         batch.clear();
-        assert_eq!(r.poll(100, &mut batch).unwrap(), Poll::Pending);
+        assert_eq!(r.poll(100, &mut batch).unwrap(), Poll::CaughtUp);
         assert!(batch.is_empty(), "unexpected records: {:?}", batch.records);
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -270,7 +284,7 @@ fn resume_from_a_checkpoint_reads_exactly_the_suffix() {
     assert_eq!(readers[0].poll(10, &mut batch).unwrap(), Poll::Finished);
     assert!(batch.is_empty());
 
-    // Unbounded from a checkpoint: the suffix, then Pending.
+    // Unbounded from a checkpoint: the suffix, then caught up.
     let parts = vec![KafkaPartition {
         checkpoint: Some(15),
         ..part("pay", 1, 5, StartAt::Earliest)
@@ -280,7 +294,7 @@ fn resume_from_a_checkpoint_reads_exactly_the_suffix() {
         read_n(&mut readers[0], 5, Duration::from_secs(20)),
         from(15, &b[15..])
     );
-    assert_pending_for(&mut readers[0], Duration::from_millis(500));
+    assert_caught_up_for(&mut readers[0], Duration::from_millis(500));
 }
 
 #[test]
@@ -364,7 +378,7 @@ fn start_at_a_timestamp_and_ranges_of_time() {
 }
 
 #[test]
-fn latest_reads_only_what_comes_after_open_and_pends_when_caught_up() {
+fn latest_reads_only_what_comes_after_open_and_is_caught_up_at_the_end() {
     let t = Tansu::start();
     t.create_topic("pay", 2);
     let s = settings(&t, "g4");
@@ -378,8 +392,8 @@ fn latest_reads_only_what_comes_after_open_and_pends_when_caught_up() {
     let mut readers = open_readers(&s, &parts).unwrap();
     assert_eq!(readers[0].start_offset(), 5);
     assert_eq!(readers[1].start_offset(), 0);
-    assert_pending_for(&mut readers[0], Duration::from_secs(1));
-    assert_pending_for(&mut readers[1], Duration::from_millis(200));
+    assert_caught_up_for(&mut readers[0], Duration::from_secs(1));
+    assert_caught_up_for(&mut readers[1], Duration::from_millis(200));
 
     let new = numbered("new", 3);
     produce_lines(&s, "pay", 0, &as_slices(&new)).unwrap();
@@ -387,8 +401,8 @@ fn latest_reads_only_what_comes_after_open_and_pends_when_caught_up() {
         read_n(&mut readers[0], 3, Duration::from_secs(20)),
         from(5, &new)
     );
-    assert_pending_for(&mut readers[0], Duration::from_millis(500));
-    assert_pending_for(&mut readers[1], Duration::from_millis(100));
+    assert_caught_up_for(&mut readers[0], Duration::from_millis(500));
+    assert_caught_up_for(&mut readers[1], Duration::from_millis(100));
 }
 
 #[test]
@@ -432,6 +446,63 @@ fn committed_offsets_show_lag_for_the_group() {
     );
 }
 
+/// A broker that hangs (SIGSTOP: connections open, no answers) while a
+/// following reader is behind: librdkafka reports no error for a long time,
+/// and still the reader says Waiting, never CaughtUp, so the partition
+/// holds the frontier; when the broker answers again every record comes,
+/// once, and then the reader is caught up.
+#[test]
+fn a_hung_broker_leaves_a_reader_behind_waiting_never_caught_up() {
+    let t = Tansu::start();
+    t.create_topic("pay", 1);
+    let mut s = settings(&t, "g-hang");
+    let all = numbered("rec", 200);
+    for chunk in all.chunks(10) {
+        produce_lines(&s, "pay", 0, &as_slices(chunk)).unwrap();
+    }
+    // Tiny fetches: most records are still on the broker when it hangs.
+    s.properties = vec![
+        ("max.partition.fetch.bytes".into(), "256".into()),
+        ("fetch.max.bytes".into(), "1000".into()),
+        ("message.max.bytes".into(), "1000".into()),
+        ("queued.min.messages".into(), "5".into()),
+        ("queued.max.messages.kbytes".into(), "1".into()),
+    ];
+    let mut readers = open_readers(&s, &[part("pay", 0, 0, StartAt::Earliest)]).unwrap();
+    let r = &mut readers[0];
+    let mut got = read_n(r, 30, Duration::from_secs(20));
+    assert_eq!(got.len(), 30);
+
+    t.pause();
+    let mut batch = RawBatch::default();
+    let mut waiting = 0;
+    let hung_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < hung_until {
+        batch.clear();
+        let poll = r
+            .poll(10, &mut batch)
+            .expect("no error while the broker hangs");
+        got.extend(batch.iter().map(|(b, o)| (o, b.to_vec())));
+        match poll {
+            Poll::Waiting => waiting += 1,
+            Poll::Ready => {}
+            other => panic!("{other:?} with records unread on a hung broker"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.resume();
+    assert!(waiting > 100, "waiting answers while hung: {waiting}");
+    assert!(
+        got.len() < 200,
+        "all records were prefetched: the test shows nothing"
+    );
+
+    let n = 200 - got.len();
+    got.extend(read_n(r, n, Duration::from_secs(60)));
+    assert_eq!(got, from(0, &all));
+    assert_caught_up_for(r, Duration::from_millis(300));
+}
+
 #[test]
 fn a_broker_restart_mid_read_loses_and_repeats_nothing() {
     let mut t = Tansu::start();
@@ -458,11 +529,11 @@ fn a_broker_restart_mid_read_loses_and_repeats_nothing() {
     assert_eq!(got.len(), 30);
 
     t.kill();
-    // While down: Ready with prefetched records, then Pending until the
-    // client notices, then Unavailable (not idleness); never an error,
-    // never Finished.
+    // While down: Ready with prefetched records, then Waiting (records are
+    // unread: not idleness), never CaughtUp however the client's errors
+    // come and go; never an error, never Finished.
     let mut batch = RawBatch::default();
-    let mut unavailable = 0;
+    let mut waiting = 0;
     let mut last = Poll::Ready;
     let down_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < down_until {
@@ -472,18 +543,16 @@ fn a_broker_restart_mid_read_loses_and_repeats_nothing() {
             .expect("no error while the broker is down");
         got.extend(batch.iter().map(|(b, o)| (o, b.to_vec())));
         match poll {
-            Poll::Unavailable => unavailable += 1,
-            Poll::Pending | Poll::Ready => {}
+            Poll::Waiting => waiting += 1,
+            Poll::Ready => {}
+            Poll::CaughtUp => panic!("caught up with records unread on a dead broker"),
             Poll::Finished => panic!("an unbounded read finished"),
         }
         last = poll;
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(
-        unavailable > 0,
-        "never Unavailable while the broker was down"
-    );
-    assert_eq!(last, Poll::Unavailable, "still down, so not idle");
+    assert!(waiting > 0, "never Waiting while the broker was down");
+    assert_eq!(last, Poll::Waiting, "still down, so not idle");
     assert!(
         got.len() < 200,
         "all records were prefetched: the test shows nothing"
@@ -497,7 +566,7 @@ fn a_broker_restart_mid_read_loses_and_repeats_nothing() {
     let mut want = from(0, &first);
     want.extend(from(200, &second));
     assert_eq!(got, want);
-    assert_pending_for(r, Duration::from_millis(300));
+    assert_caught_up_for(r, Duration::from_millis(300));
 }
 
 #[test]

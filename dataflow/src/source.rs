@@ -64,17 +64,30 @@ impl RawBatch {
     }
 }
 
+/// What a partition's reader has to say when asked for records.
+///
+/// Idleness (SPEC 3) rests on one rule: a partition is idle only when it
+/// has no data it knows about. A reader that has nothing to hand out says
+/// which case it is in — [`Poll::CaughtUp`] (it has read everything it knows
+/// of) or [`Poll::Waiting`] (records are, or may be, unread) — and only a
+/// caught-up partition ever stops holding the frontier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Poll {
     /// Records were appended (possibly none, if a bound was reached).
     Ready,
-    /// Nothing available right now; ask again later. After
-    /// `time.idle_timeout` of this, the partition is idle (SPEC 3).
-    Pending,
-    /// The source cannot be reached right now (a broker is down): ask again
-    /// later, but do not count it as idleness — records may be waiting, and
-    /// letting the frontier pass them would make them late.
-    Unavailable,
+    /// Nothing to read, and nothing known unread: an unbounded source is at
+    /// the end its server last reported (Kafka partition EOF with no record
+    /// since, Kinesis `MillisBehindLatest` = 0). After `time.idle_timeout`
+    /// of wall time without records the partition is idle: it stops holding
+    /// the frontier until it produces again.
+    CaughtUp,
+    /// Nothing to read right now, but records are (or may be) unread: below
+    /// a bounded end, behind the last reported high watermark, or a server
+    /// that does not answer. Never idle, however long it lasts: letting the
+    /// frontier pass would make the unread records late. After
+    /// `time.idle_timeout` without records the source warns, naming the
+    /// partition, and marks it stalled in its [`PartitionStats`].
+    Waiting,
     /// A bounded input has ended.
     Finished,
 }
@@ -91,6 +104,13 @@ pub trait PartitionReader: 'static {
     /// worker's capability has passed.
     fn successors(&mut self) -> Result<Vec<Successor>, String> {
         Ok(Vec::new())
+    }
+
+    /// Where this partition reads, for an operator's eyes (e.g. `topic
+    /// payments partition 7, end offset 25000`): named in the warning about
+    /// a partition that waits.
+    fn describe(&self) -> String {
+        String::new()
     }
 }
 
@@ -166,6 +186,10 @@ pub struct PartitionStats {
     pub position: u64,
     /// The partition's watermark, ms (`max_ts − max_out_of_orderness`).
     pub watermark_ms: Option<Millis>,
+    /// Since when the partition has been waiting with records unread and
+    /// none arriving for longer than `idle_timeout` ([`Poll::Waiting`]):
+    /// it holds the frontier. `None` while it reads or is caught up.
+    pub stalled_since: Option<Instant>,
 }
 
 struct Partition {
@@ -179,6 +203,8 @@ struct Partition {
     finished: bool,
     idle: bool,
     last_data: Instant,
+    /// When the last warning about waiting was logged.
+    warned: Option<Instant>,
 }
 
 impl Partition {
@@ -291,6 +317,7 @@ pub fn source_of<'s, D: Decode>(
     probe: ProbeHandle<Tick>,
     follow: Option<StreamVec<'s, Tick, PositionEntry>>,
 ) -> SourceStreams<'s, D::Out> {
+    let name_s = name.to_owned();
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let mut follow_in =
         follow.map(|s| builder.new_input(s, timely::dataflow::channels::pact::Pipeline));
@@ -317,6 +344,7 @@ pub fn source_of<'s, D: Decode>(
             finished: false,
             idle: false,
             last_data: now,
+            warned: None,
         })
         .collect();
     let idle_timeout = Duration::from_millis(params.idle_timeout_ms);
@@ -369,6 +397,9 @@ pub fn source_of<'s, D: Decode>(
             let budget = match config.max_rate {
                 Some(rate) => {
                     let allowed = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                    // Credit unused while a source waited (an outage) is
+                    // capped at one second's worth: no burst past the rate.
+                    total_read = total_read.max(allowed.saturating_sub(rate));
                     (allowed.saturating_sub(total_read) as usize).min(config.budget)
                 }
                 None => config.budget,
@@ -418,9 +449,18 @@ pub fn source_of<'s, D: Decode>(
                                     born.push((s, idx));
                                 }
                             }
-                            Poll::Unavailable => pending_any = true,
-                            Poll::Pending => {
+                            Poll::Waiting => {
                                 pending_any = true;
+                                // Records are unread: never idle, even if
+                                // it was caught up before.
+                                p.idle = false;
+                                if p.last_data.elapsed() >= idle_timeout {
+                                    warn_waiting(p, &params, &config.meter, &name_s);
+                                }
+                            }
+                            Poll::CaughtUp => {
+                                pending_any = true;
+                                p.mark_flowing(&config.meter);
                                 if !p.idle && p.last_data.elapsed() >= idle_timeout {
                                     p.idle = true;
                                 }
@@ -436,6 +476,7 @@ pub fn source_of<'s, D: Decode>(
                         }
                         p.idle = false;
                         p.last_data = Instant::now();
+                        p.mark_flowing(&config.meter);
                         read += batch.len();
                         config
                             .meter
@@ -516,6 +557,7 @@ pub fn source_of<'s, D: Decode>(
                         finished: false,
                         idle: false,
                         last_data: Instant::now(),
+                        warned: None,
                     };
                     s.give(PositionEntry {
                         partition: p.start.partition,
@@ -563,6 +605,66 @@ pub fn source_of<'s, D: Decode>(
         }
     });
     (txns, rejects, positions)
+}
+
+impl Partition {
+    /// Records flow again (or the partition is caught up): it no longer waits.
+    fn mark_flowing(&mut self, meter: &Meter) {
+        if self.warned.take().is_none() {
+            return;
+        }
+        let waited = self.last_data.elapsed().as_secs_f64();
+        tracing::info!(
+            partition = self.start.partition,
+            position = self.next_offset,
+            "source partition {} ({}) reads again after waiting {waited:.0}s",
+            self.start.partition,
+            self.reader.describe(),
+        );
+        if let Some(s) = meter
+            .partitions
+            .lock()
+            .unwrap()
+            .get_mut(&self.start.partition)
+        {
+            s.stalled_since = None;
+        }
+    }
+}
+
+/// A partition with records unread and none arriving for longer than
+/// `idle_timeout`: it holds the frontier, so an operator must see it. Logs a
+/// warning (again every `idle_timeout`, at least 10 s apart) and marks it
+/// stalled in the meter, which the metrics export.
+fn warn_waiting(p: &mut Partition, params: &Params, meter: &Meter, source: &str) {
+    let now = Instant::now();
+    let every = Duration::from_millis(params.idle_timeout_ms).max(Duration::from_secs(10));
+    if p.warned.is_some_and(|w| now.duration_since(w) < every) {
+        return;
+    }
+    if p.warned.is_none() {
+        let mut stats = meter.partitions.lock().unwrap();
+        let s = stats.entry(p.start.partition).or_default();
+        s.stalled_since = Some(p.last_data);
+        s.position = p.next_offset;
+    }
+    p.warned = Some(now);
+    let waited = now.duration_since(p.last_data).as_secs();
+    let watermark = p.max_ts.map(|m| {
+        crate::rfc3339::format_rfc3339_ms(m.saturating_sub(params.max_out_of_orderness_ms))
+    });
+    tracing::warn!(
+        source,
+        partition = p.start.partition,
+        position = p.next_offset,
+        waited_s = waited,
+        watermark = watermark.as_deref().unwrap_or("none"),
+        "source partition {} ({}) has records unread but none arrived for {waited}s: \
+         waiting for it and holding the frontier (an unreachable broker or endpoint \
+         is waited out; it is not idle)",
+        p.start.partition,
+        p.reader.describe(),
+    );
 }
 
 /// Validate one record, update its partition's watermark, and stage it.
@@ -839,7 +941,8 @@ mod tests {
                 records_in: 5,
                 bytes: bytes0,
                 position: 5,
-                watermark_ms: Some(90_000)
+                watermark_ms: Some(90_000),
+                stalled_since: None,
             })
         );
         assert_eq!(
@@ -849,7 +952,8 @@ mod tests {
                 records_in: 1,
                 bytes: rec("e", 50).len() as u64,
                 position: 1,
-                watermark_ms: Some(40_000)
+                watermark_ms: Some(40_000),
+                stalled_since: None,
             })
         );
     }
@@ -1002,9 +1106,8 @@ mod tests {
         );
     }
 
-    /// Serves its records, then has nothing (Pending) until `stop` is set.
-    /// Serves its records, then answers `.3` (Pending or Unavailable)
-    /// until `stop` is set.
+    /// Serves its records, then answers `.3` (CaughtUp or Waiting) until
+    /// `stop` is set.
     struct Stalling(
         VecDeque<Vec<u8>>,
         u64,
@@ -1032,16 +1135,16 @@ mod tests {
     #[test]
     fn an_idle_partition_stops_holding_the_frontier_back() {
         assert!(
-            frontier_passes_a_quiet_partition(Poll::Pending, Duration::from_secs(10)),
+            frontier_passes_a_quiet_partition(Poll::CaughtUp, Duration::from_secs(10)),
             "the frontier stayed behind the idle partition"
         );
     }
 
     #[test]
-    fn an_unreachable_partition_is_not_idle() {
+    fn a_waiting_partition_is_not_idle() {
         // Ten idle timeouts: an outage must hold the frontier, not skip it.
         assert!(
-            !frontier_passes_a_quiet_partition(Poll::Unavailable, Duration::from_millis(500)),
+            !frontier_passes_a_quiet_partition(Poll::Waiting, Duration::from_millis(500)),
             "the frontier passed a partition that could not be read"
         );
     }
@@ -1067,7 +1170,7 @@ mod tests {
                                 max_ts: None,
                                 token: None,
                             },
-                            Box::new(Stalling(busy, 0, stop.clone(), Poll::Pending)),
+                            Box::new(Stalling(busy, 0, stop.clone(), Poll::CaughtUp)),
                         ),
                         // Never produces anything while the test watches.
                         (
@@ -1108,6 +1211,114 @@ mod tests {
                 reached
             }
         })
+    }
+
+    /// Serves what the test puts in `.0`; with nothing to serve, answers `.1`.
+    type Script = std::sync::Arc<std::sync::Mutex<(VecDeque<Vec<u8>>, Poll)>>;
+    struct Scripted(Script, u64);
+
+    impl PartitionReader for Scripted {
+        fn poll(&mut self, max: usize, batch: &mut RawBatch) -> Result<Poll, String> {
+            let mut s = self.0.lock().unwrap();
+            for _ in 0..max {
+                let Some(r) = s.0.pop_front() else { break };
+                batch.push(&r, self.1);
+                self.1 += 1;
+            }
+            Ok(if batch.is_empty() { s.1 } else { Poll::Ready })
+        }
+        fn describe(&self) -> String {
+            "scripted".to_owned()
+        }
+    }
+
+    /// The sequence a hung Kafka broker produced: a partition with unread
+    /// records gets nothing for many idle timeouts while another runs far
+    /// ahead. It must hold the frontier all along (and be reported stalled),
+    /// so its records, when they come, are on time; only once it is caught
+    /// up does it go idle and let the frontier pass.
+    #[test]
+    fn a_partition_waiting_with_unread_records_holds_the_frontier_until_caught_up() {
+        use std::sync::{Arc, Mutex};
+        use timely::dataflow::operators::Probe;
+        let busy: Script = Arc::new(Mutex::new((
+            (0..=100).map(|i| rec(&format!("b{i}"), 100 + i)).collect(),
+            Poll::CaughtUp,
+        )));
+        // One record (watermark 90 s), then the broker stops answering.
+        let quiet: Script = Arc::new(Mutex::new((
+            VecDeque::from(vec![rec("q0", 100)]),
+            Poll::Waiting,
+        )));
+        let meter = Arc::new(Meter::default());
+        let (b, q, m) = (busy.clone(), quiet.clone(), meter.clone());
+        let (seen, rejects) = timely::execute_directly(move |worker| {
+            let probe = ProbeHandle::new();
+            let rejects = worker.dataflow::<Tick, _, _>(|scope| {
+                let readers: Readers = vec![
+                    (fresh(0), Box::new(Scripted(b.clone(), 0))),
+                    (fresh(1), Box::new(Scripted(q.clone(), 0))),
+                ];
+                let params = Params {
+                    idle_timeout_ms: 300,
+                    ..Params::default()
+                };
+                let config = SourceConfig {
+                    batch: 16,
+                    budget: 64,
+                    max_lag_ticks: 1000,
+                    skip_below: Tick::MIN,
+                    meter: m.clone(),
+                    max_rate: None,
+                };
+                let (t, r, _) = source(scope, "hang", params, config, readers, ProbeHandle::new());
+                t.probe_with(&probe);
+                r.capture()
+            });
+            let frontier = || probe.with_frontier(|f| f.first().copied().unwrap_or(Tick::MAX));
+            let stalled = || m.partitions.lock().unwrap()[&1].stalled_since.is_some();
+            let mut seen = Vec::new();
+            // Ten idle timeouts of waiting.
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                worker.step_or_park(Some(Duration::from_millis(5)));
+            }
+            seen.push((frontier(), stalled()));
+            // The broker answers again: records partition 0's watermark
+            // (190 s) has long passed, but partition 1's has not.
+            q.lock().unwrap().0.extend([rec("q1", 105), rec("q2", 120)]);
+            let until = Instant::now() + Duration::from_secs(5);
+            while frontier() < 110 && Instant::now() < until {
+                worker.step_or_park(Some(Duration::from_millis(5)));
+            }
+            seen.push((frontier(), stalled()));
+            // Caught up: idle after the timeout, and the frontier moves on.
+            q.lock().unwrap().1 = Poll::CaughtUp;
+            let until = Instant::now() + Duration::from_secs(10);
+            while frontier() < 190 && Instant::now() < until {
+                worker.step_or_park(Some(Duration::from_millis(5)));
+            }
+            seen.push((frontier(), stalled()));
+            b.lock().unwrap().1 = Poll::Finished;
+            q.lock().unwrap().1 = Poll::Finished;
+            while worker.step_or_park(Some(Duration::from_millis(5))) {}
+            (seen, rejects)
+        });
+        assert_eq!(
+            seen,
+            vec![(90, true), (110, false), (190, false)],
+            "(frontier, partition 1 stalled) while waiting, after its records, once caught up"
+        );
+        let rejects: Vec<Reject> = rejects
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Messages(_, d) => Some(d),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(rejects.is_empty(), "nothing late: {rejects:?}");
+        assert!(quiet.lock().unwrap().0.is_empty());
     }
 
     #[test]

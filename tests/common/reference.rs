@@ -1,4 +1,4 @@
-//! The test oracle: an independent, deliberately simple reading of SPEC.md
+//! The test oracle: an independent, deliberately simple reading of docs/spec.md
 //! (sections 1-7, and 9: enrichment from a merchants reference table) and
 //! docs/outputs.md over bounded JSON Lines input.
 //!

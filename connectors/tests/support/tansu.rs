@@ -138,6 +138,25 @@ impl Tansu {
         }
     }
 
+    /// SIGSTOP: the broker hangs — connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`pause`](Self::pause): it answers again, state intact.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.child.as_ref().expect("tansu is running").id();
+        assert_eq!(
+            unsafe { libc::kill(pid as libc::pid_t, sig) },
+            0,
+            "kill({pid}, {sig})"
+        );
+    }
+
     /// Same sqlite file, same port.
     pub fn restart(&mut self) {
         self.kill();
@@ -177,6 +196,10 @@ impl Tansu {
 
 impl Drop for Tansu {
     fn drop(&mut self) {
+        // A paused broker cannot die of SIGKILL until it runs again.
+        if self.child.is_some() {
+            self.resume();
+        }
         self.kill();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
