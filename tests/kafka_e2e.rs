@@ -674,6 +674,13 @@ enum Outage {
 /// partition as idle, the frontier would pass its unread records.
 const OUTAGE: Duration = Duration::from_secs(60);
 
+/// Fast commits, and a prefetch of a few KiB per partition (librdkafka's
+/// fetch queue would otherwise hold most of these records before the
+/// outage begins, and the outage would stall nothing).
+const OUTAGE_CONFIG: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n\n\
+    [kafka.properties]\n\"queued.max.messages.kbytes\" = \"16\"\n\"queued.min.messages\" = \"50\"\n\
+    \"fetch.max.bytes\" = \"32768\"\n\"message.max.bytes\" = \"16384\"\n\"max.partition.fetch.bytes\" = \"4096\"\n";
+
 fn outage(broker: &mut Tansu, how: Outage) {
     match how {
         Outage::Hang => {
@@ -702,17 +709,25 @@ fn spawn_logged(mut cmd: Command) -> (Child, std::thread::JoinHandle<String>) {
     (child, log)
 }
 
-/// 60,000 records over 8 partitions on a fresh broker, and what the SPEC
-/// (the independent reference, not the job) says they produce.
+/// 8 partitions on a fresh broker, and what the SPEC (the independent
+/// reference, not the job) says they produce. Partitions 0–3 are dense
+/// (40,000 records over 40 s of event time), 4–7 sparse (4,000 over 200 s):
+/// read at the same pace, the sparse ones run far ahead in event time, so a
+/// job that let silent partitions go idle would move the frontier to the
+/// sparse partitions' watermark, past the dense partitions' unread records.
 fn outage_dataset(dir: &Path, broker: &Tansu, seed: u64) -> Outputs {
     use common::reference::{compute_records, read_records, RefParams};
-    let input = dir.join("in");
-    common::generate(&input, 60_000, 8, seed, 1000);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let mut files = Vec::new();
+    for (name, events, per_sec) in [("dense", 40_000, 1000), ("sparse", 4_000, 20)] {
+        let input = dir.join(name);
+        common::generate(&input, events, 4, seed, per_sec);
+        let mut f: Vec<PathBuf> = std::fs::read_dir(&input)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        f.sort();
+        files.extend(f);
+    }
     produce(broker, "payments", &files);
     let records: Vec<Vec<Vec<u8>>> = files.iter().map(|f| read_records(f)).collect();
     compute_records(&records, &RefParams::default())
@@ -722,14 +737,17 @@ fn late(o: &Outputs) -> usize {
     o.rejects.iter().filter(|r| r.reason == "LATE").count()
 }
 
-/// Waits until the job has committed `n` epochs (it must still be running).
-fn await_commits(job: &mut Child, out: &Path, n: usize) {
+/// Waits until the job has committed `n` epochs; false if it ended first.
+fn await_commits(job: &mut Child, out: &Path, n: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(120);
     while manifests(out) < n {
-        assert!(job.try_wait().unwrap().is_none(), "the job ended early");
+        if job.try_wait().unwrap().is_some() {
+            return false;
+        }
         assert!(Instant::now() < deadline, "no {n} commits in 2 minutes");
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 /// A bounded replay (`replay --kafka … --to latest`, rate-limited so the
@@ -740,7 +758,7 @@ fn bounded_replay_rides_out(how: Outage, seed: u64) {
     let tmp = common::tempdir();
     let mut broker = Tansu::start();
     let expected = outage_dataset(&tmp, &broker, seed);
-    let config = write(&tmp, "fast.toml", FAST_COMMITS);
+    let config = write(&tmp, "outage.toml", OUTAGE_CONFIG);
     let out = tmp.join("out");
     let mut cmd = Command::new(common::tidemark_bin());
     cmd.args([
@@ -756,11 +774,16 @@ fn bounded_replay_rides_out(how: Outage, seed: u64) {
     .env("TIDEMARK_LOG", "warn")
     .stdout(Stdio::piped());
     let (mut job, log) = spawn_logged(cmd);
-    await_commits(&mut job, &out, 2);
+    if !await_commits(&mut job, &out, 2) {
+        panic!("{how:?}: the job ended early: {}", log.join().unwrap());
+    }
     outage(&mut broker, how);
     let o = job.wait_with_output().unwrap();
     let log = log.join().unwrap();
     assert!(o.status.success(), "{how:?}: the replay failed: {log}");
+    let actual = read_committed(&out);
+    assert_eq!(late(&actual), late(&expected), "{how:?}: LATE rejects");
+    assert_same(&expected, &actual);
     assert!(
         log.contains("has records unread") && log.contains("topic payments partition"),
         "{how:?}: no warning named a waiting partition: {log}"
@@ -769,9 +792,6 @@ fn bounded_replay_rides_out(how: Outage, seed: u64) {
     // figure against the wall clock.
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(!stdout.contains("beyond watermark"), "{stdout}");
-    let actual = read_committed(&out);
-    assert_eq!(late(&actual), late(&expected), "{how:?}: LATE rejects");
-    assert_same(&expected, &actual);
 }
 
 #[test]
@@ -798,15 +818,19 @@ fn a_following_job_rides_out_a_hung_and_a_killed_broker() {
         &tmp,
         "follow.toml",
         &format!(
-            "{FAST_COMMITS}\n[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"payments\"]\ngroup_id = \"follower\"\n",
+            "[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"payments\"]\ngroup_id = \"follower\"\n\n{OUTAGE_CONFIG}",
             broker.brokers()
         ),
     );
     let out = tmp.join("out");
     let (mut job, log) = spawn_logged(run_cmd(&follow, &out, &["-w", "2", "--rate", "3000"]));
-    await_commits(&mut job, &out, 2);
-    outage(&mut broker, Outage::Hang);
-    await_commits(&mut job, &out, manifests(&out) + 2);
+    let running = await_commits(&mut job, &out, 2) && {
+        outage(&mut broker, Outage::Hang);
+        await_commits(&mut job, &out, manifests(&out) + 2)
+    };
+    if !running {
+        panic!("the follower ended: {}", log.join().unwrap());
+    }
     outage(&mut broker, Outage::Kill);
     // Most records read and committed after both outages: the group's
     // offsets mirror the committed positions.
