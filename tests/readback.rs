@@ -5,8 +5,7 @@
 //! exactly what `tidemark inspect` reports.
 
 mod common;
-#[path = "../checkpoint/tests/support/moto.rs"]
-mod moto;
+use tidemark_testkit::moto;
 
 use std::path::Path;
 use std::process::Command;

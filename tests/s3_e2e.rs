@@ -5,8 +5,7 @@
 //! whose input lives on S3 equals the same replay from local files.
 
 mod common;
-#[path = "../checkpoint/tests/support/moto.rs"]
-mod moto;
+use tidemark_testkit::moto;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

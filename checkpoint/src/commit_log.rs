@@ -97,7 +97,7 @@ pub fn commit(st: &dyn Storage, m: &Manifest) -> Result<(), CommitError> {
                 epoch: m.epoch,
             })
         }
-        Err(e) => return Err(CommitError::Storage(e)),
+        Err(e) => return Err(CommitError::Storage(e.into())),
     }
     publish(st, m).map_err(CommitError::Storage)
 }

@@ -1,7 +1,8 @@
 //! tidemark's checkpointing: where outputs and state go, and how an epoch is
 //! committed and restored.
 //!
-//! - [`storage`]: the object-store interface (local filesystem, and S3 in [`s3`]).
+//! - [`storage`]: the object-store seam, re-exported from `tidemark-store`
+//!   (local filesystem, S3 in [`s3`], in memory with faults).
 //! - [`parquet_out`]: Parquet encoders with the output schemas of `docs/outputs.md`.
 //! - [`manifest`]: the commit record of an epoch (SPEC 8), its verification,
 //!   fallback past damaged manifests, and garbage collection.
@@ -18,7 +19,9 @@ pub mod parquet_out;
 pub mod parquet_rows;
 pub mod redshift;
 pub mod restore;
-pub mod s3;
 pub mod state_file;
-pub mod storage;
 pub mod writer;
+
+/// The store seam (`tidemark-store`), under the paths this crate always had.
+pub use tidemark_store as storage;
+pub use tidemark_store::s3;

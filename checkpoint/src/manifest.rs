@@ -305,7 +305,7 @@ pub fn load(st: &dyn Storage, epoch: i64) -> Result<Manifest> {
 /// Writes `m` at its key unless a manifest of that epoch already exists
 /// (conditional create). Returns `false` when one did.
 pub fn commit(st: &dyn Storage, m: &Manifest) -> Result<bool> {
-    st.put_if_absent(&manifest_key(m.epoch)?, &m.to_bytes()?)
+    Ok(st.put_if_absent(&manifest_key(m.epoch)?, &m.to_bytes()?)?)
 }
 
 fn check_object(

@@ -46,7 +46,7 @@ pub fn manifest_bytes(st: &dyn Storage, m: &Manifest) -> Option<Vec<u8>> {
 /// manifest of a committed epoch.
 pub fn write(st: &dyn Storage, m: &Manifest) -> Result<()> {
     match manifest_bytes(st, m) {
-        Some(bytes) => st.put(&key(m.epoch), &bytes),
+        Some(bytes) => Ok(st.put(&key(m.epoch), &bytes)?),
         None => Ok(()),
     }
 }

@@ -6,20 +6,18 @@
 //! Needs `pip install 'moto[server]'`; without it these tests fail (they do
 //! not skip).
 
-mod support;
-
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Once};
 use std::time::Duration;
-use support::cut_proxy::CutProxy;
-use support::moto;
 use tidemark_checkpoint::manifest::{
     self, collect_garbage, commit, file_name, newest_valid, sha256_hex, verify, FileEntry,
     JobSection, Manifest, StateFile,
 };
 use tidemark_checkpoint::s3::{S3Options, S3Storage};
 use tidemark_checkpoint::storage::{self, Storage};
+use tidemark_testkit::cut_proxy::CutProxy;
+use tidemark_testkit::moto;
 
 /// Dummy credentials through the SDK's standard chain (environment), set
 /// once before any client exists.

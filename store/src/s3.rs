@@ -28,7 +28,7 @@
 //! identity, ECS, IMDS). S3-compatible stores (MinIO, moto, Ceph…) are
 //! reached with an endpoint override, see [`S3Options`].
 
-use crate::storage::{validate_key, Storage};
+use crate::{validate_key, validate_prefix, Storage, StoreError};
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
@@ -71,7 +71,7 @@ const TOKEN_META: &str = "tidemark-put-id";
 pub use tidemark_aws::DEFAULT_REGION;
 
 /// Where and how to reach S3. [`S3Options::from_env`] is what
-/// [`crate::storage::open`] uses.
+/// [`crate::open`] uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct S3Options {
     /// Endpoint override (`http://127.0.0.1:9000`) for S3-compatible stores.
@@ -303,11 +303,26 @@ impl S3Storage {
         format!("s3://{}/{full}", self.bucket)
     }
 
+    /// The error of a failed call, typed: reads and refused requests
+    /// certainly had no effect; a write whose answer was lost (timeout, a
+    /// connection dropped, a server error other than 503 SlowDown) may have.
     fn fail<E>(&self, op: &str, full: &str, e: &SdkError<E>) -> anyhow::Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        anyhow!("S3 {op} {}: {}", self.url_of(full), err_info(e).text)
+        let info = err_info(e);
+        let msg = anyhow!("S3 {op} {}: {}", self.url_of(full), info.text);
+        let writes = matches!(op, "PutObject" | "CompleteMultipartUpload" | "DeleteObject");
+        let refused = match e {
+            SdkError::ConstructionFailure(_) => true,
+            SdkError::ServiceError(_) => info.status.is_some_and(|s| s < 500 || s == 503),
+            _ => false,
+        };
+        if writes && !refused {
+            anyhow::Error::new(StoreError::indeterminate(msg))
+        } else {
+            anyhow::Error::new(StoreError::failed(msg))
+        }
     }
 
     /// One PutObject; `token` makes it conditional (`If-None-Match: *`).
@@ -585,21 +600,21 @@ fn sdk_endpoint_configured(sdk: &aws_config::SdkConfig) -> bool {
 }
 
 impl Storage for S3Storage {
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+    fn put(&self, key: &str, bytes: &[u8]) -> crate::Result<()> {
         let full = self.full_key(key)?;
-        self.rt.get().block_on(async {
+        Ok(self.rt.get().block_on(async {
             if bytes.len() <= SINGLE_PUT_MAX {
                 self.put_object(&full, bytes, None).await?;
             } else {
                 self.multipart(&full, bytes, false).await?;
             }
-            Ok(())
-        })
+            anyhow::Ok(())
+        })?)
     }
 
-    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> crate::Result<bool> {
         let full = self.full_key(key)?;
-        self.rt.get().block_on(async {
+        Ok(self.rt.get().block_on(async {
             if bytes.len() > SINGLE_PUT_MAX {
                 // Don't upload megabytes only to be refused.
                 if self.exists(&full).await? {
@@ -631,15 +646,15 @@ impl Storage for S3Storage {
                     ),
                 }
             }
-        })
+        })?)
     }
 
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    fn get(&self, key: &str) -> crate::Result<Option<Vec<u8>>> {
         let full = self.full_key(key)?;
-        self.rt.get().block_on(self.get_object(&full))
+        Ok(self.rt.get().block_on(self.get_object(&full))?)
     }
 
-    fn open_read(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+    fn open_read(&self, key: &str) -> crate::Result<Box<dyn Read + Send>> {
         let full = self.full_key(key)?;
         let url = self.url_of(&full);
         let first = self.rt.get().block_on(async {
@@ -675,16 +690,14 @@ impl Storage for S3Storage {
         }))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        if prefix.contains('\0') || prefix.starts_with('/') {
-            bail!("bad storage prefix {prefix:?}");
-        }
-        self.rt.get().block_on(self.list_keys(prefix))
+    fn list(&self, prefix: &str) -> crate::Result<Vec<String>> {
+        validate_prefix(prefix)?;
+        Ok(self.rt.get().block_on(self.list_keys(prefix))?)
     }
 
-    fn delete(&self, key: &str) -> Result<()> {
+    fn delete(&self, key: &str) -> crate::Result<()> {
         let full = self.full_key(key)?;
-        self.rt.get().block_on(async {
+        Ok(self.rt.get().block_on(async {
             match self
                 .client
                 .delete_object()
@@ -697,7 +710,7 @@ impl Storage for S3Storage {
                 Err(e) if err_info(&e).not_found() => Ok(()),
                 Err(e) => Err(self.fail("DeleteObject", &full, &e)),
             }
-        })
+        })?)
     }
 
     fn describe(&self) -> String {
