@@ -496,13 +496,22 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         .resume
         .is_some()
         .then(|| *shared.restored.lock().unwrap());
+    let read = shared.meter.records.load(Ordering::Relaxed);
+    // A bounded job resumed from a commit past the end of its input reads
+    // nothing and commits nothing: the root already holds its result.
+    let already_finished = shared.resume.as_ref().map(|m| m.epoch).filter(|_| {
+        process == 0
+            && !following
+            && !shared.spec.stop.load(Ordering::Relaxed)
+            && read == 0
+            && shared.reference_meter.records.load(Ordering::Relaxed) == 0
+            && status.epochs == 0
+    });
     Ok(Summary {
         process,
         peers,
-        read: shared
-            .meter
-            .records
-            .load(std::sync::atomic::Ordering::Relaxed),
+        read,
+        already_finished,
         elapsed,
         status,
         latency,

@@ -117,6 +117,9 @@ pub struct Summary {
     pub process: usize,
     pub peers: usize,
     pub read: u64,
+    /// The last committed epoch, when the output root already held the
+    /// result up to the end of a bounded input and the run had nothing to do.
+    pub already_finished: Option<i64>,
     pub elapsed: Duration,
     pub status: CommitStatus,
     pub latency: Latency,
@@ -132,6 +135,14 @@ pub struct Summary {
 
 impl Summary {
     pub fn print(&self) {
+        if let Some(e) = self.already_finished {
+            println!(
+                "tidemark: nothing to do: {} already holds the committed result up to the end of the input (last epoch {e}, {}); to compute it again, write to a fresh --output directory or delete the root",
+                self.output,
+                fmt_epoch(e)
+            );
+            return;
+        }
         let secs = self.elapsed.as_secs_f64();
         let rows = |k: &str| self.status.rows.get(k).copied().unwrap_or(0);
         println!(
