@@ -429,10 +429,14 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         beyond_watermark: Mutex::new(Latency::new()),
         restored: Mutex::new((0, Duration::ZERO)),
         stopped: AtomicBool::new(false),
-        frontier_ms: AtomicI64::new(i64::MIN),
+        frontier_ms: Arc::new(AtomicI64::new(i64::MIN)),
         opened: AtomicUsize::new(0),
     });
-    let progress = Progress::start(shared.meter.clone(), shared.status.clone());
+    let progress = Progress::start(
+        shared.meter.clone(),
+        shared.status.clone(),
+        shared.frontier_ms.clone(),
+    );
     let collected = shared.clone();
     telemetry::on_scrape(move || collect(&collected));
     if process != 0 {
@@ -556,7 +560,7 @@ struct Shared {
     /// A commit completed after the stop request: workers leave.
     stopped: AtomicBool,
     /// The dataflow's output frontier, event-time ms (for metrics).
-    frontier_ms: AtomicI64,
+    frontier_ms: Arc<AtomicI64>,
     /// Workers of this process whose sources are open.
     opened: AtomicUsize,
 }
