@@ -1,10 +1,16 @@
-//! `cluster.toml`: the job's configuration, parsed strictly. Every error
-//! names the field and says how to fix it.
+//! `cluster.toml`: the job's configuration, parsed strictly and checked
+//! once, at load: closed sets are enums, durations are parsed into [`Dur`],
+//! and the computation's [`Params`] are built and kept. Every error names the
+//! field and says how to fix it.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use tidemark_connectors::kinesis::StartAt;
 use tidemark_dataflow::event::{GroupField, Metric};
 use tidemark_dataflow::params::{
     Aggregate, Outputs, Params, TxnZParams, WindowKind, WindowSpec, WindowZParams,
@@ -43,6 +49,203 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub outputs: OutputsSection,
+    /// Built from the sections above by [`Config::parse`].
+    #[serde(skip)]
+    params: Params,
+    /// [`Config::for_replay`] set `reference.kind` from "generator" to "none".
+    #[serde(skip)]
+    reference_dropped: bool,
+}
+
+/// A duration written as `500ms`, `10s`, `5m`, `2h`, `1d` or `0`, parsed
+/// once when the file is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(i64);
+
+impl Dur {
+    pub fn duration(self) -> Duration {
+        Duration::from_millis(self.0.max(0) as u64)
+    }
+    /// A duration literal of this file's defaults.
+    fn lit(s: &str) -> Dur {
+        Dur(parse_duration(s).expect("a valid default duration"))
+    }
+    /// Refuses zero: `field` must be greater than zero.
+    fn positive(self, field: &str) -> Result<i64> {
+        if self.0 <= 0 {
+            bail!("{field} must be greater than zero");
+        }
+        Ok(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"500ms\" or \"5m\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                parse_duration(s).map(Dur).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Dur, E> {
+                if n == 0 {
+                    return Ok(Dur(0));
+                }
+                Err(E::custom(format!(
+                    "{n} has no unit; use a duration such as \"{n}s\", \"{n}ms\" or \"5m\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `source.kind`: where the job's transactions come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The built-in generator.
+    Generator,
+    /// JSON Lines files (plain or .gz), one partition per file.
+    Files,
+    Kafka,
+    Kinesis,
+}
+
+/// `reference.kind`: where the merchants reference table comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReferenceKind {
+    None,
+    /// Rows made by the built-in generator for its merchants.
+    Generator,
+    Files,
+    Kafka,
+}
+
+/// `windows[i].kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKindName {
+    Tumbling,
+    Sliding,
+    Session,
+}
+
+impl fmt::Display for WindowKindName {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            WindowKindName::Tumbling => "tumbling",
+            WindowKindName::Sliding => "sliding",
+            WindowKindName::Session => "session",
+        })
+    }
+}
+
+/// `windows[i].aggregates`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AggregateName {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+}
+
+impl From<AggregateName> for Aggregate {
+    fn from(a: AggregateName) -> Aggregate {
+        match a {
+            AggregateName::Count => Aggregate::Count,
+            AggregateName::Sum => Aggregate::Sum,
+            AggregateName::Avg => Aggregate::Avg,
+            AggregateName::Min => Aggregate::Min,
+            AggregateName::Max => Aggregate::Max,
+        }
+    }
+}
+
+/// `anomaly.window.metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricName {
+    TxnCount,
+    SumCents,
+}
+
+/// `metrics.port`: `9464`, `"9464"`, a range `"9464-9563"` of which each
+/// process takes the first free port, or `"off"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsPort {
+    Off,
+    /// The lowest and highest port to try.
+    Range(u16, u16),
+}
+
+impl fmt::Display for MetricsPort {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            MetricsPort::Off => f.write_str("off"),
+            MetricsPort::Range(lo, hi) if lo == hi => write!(f, "{lo}"),
+            MetricsPort::Range(lo, hi) => write!(f, "{lo}-{hi}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MetricsPort, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = MetricsPort;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port such as 9464, a range such as \"9464-9563\", or \"off\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<MetricsPort, E> {
+                if s.trim() == "off" {
+                    return Ok(MetricsPort::Off);
+                }
+                crate::telemetry::parse_ports(s.trim())
+                    .map(|(lo, hi)| MetricsPort::Range(lo, hi))
+                    .map_err(|e| E::custom(format!("{e:#}")))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<MetricsPort, E> {
+                let p = u16::try_from(n).map_err(|_| {
+                    E::custom(format!("{n} is not a port (0 to 65535); use a port such as 9464, a range such as \"9464-9563\", or \"off\""))
+                })?;
+                Ok(MetricsPort::Range(p, p))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `kinesis.start`, checked at load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KinesisStart(pub StartAt);
+
+impl<'de> Deserialize<'de> for KinesisStart {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<KinesisStart, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::kinesis_job::parse_start("kinesis.start", &s)
+            .map(KinesisStart)
+            .map_err(|e| de::Error::custom(format!("{e:#}")))
+    }
+}
+
+/// `kinesis.end` as Unix ms (`now` is the time the file is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KinesisEnd(pub i64);
+
+impl<'de> Deserialize<'de> for KinesisEnd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<KinesisEnd, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::kinesis_job::parse_end("kinesis.end", &s)
+            .map(KinesisEnd)
+            .map_err(|e| de::Error::custom(format!("{e:#}")))
+    }
 }
 
 /// Which outputs the job computes and writes (all by default). Off means
@@ -73,17 +276,17 @@ impl Default for OutputsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
     /// A port, a range whose first free port each process takes, or "off".
-    pub port: String,
+    pub port: MetricsPort,
     pub address: String,
     /// Keep serving this long after a bounded job ends, for a last scrape.
-    pub linger: String,
+    pub linger: Dur,
 }
 impl Default for MetricsSection {
     fn default() -> Self {
         MetricsSection {
-            port: "9464-9563".into(),
+            port: MetricsPort::Range(9464, 9563),
             address: "0.0.0.0".into(),
-            linger: "0s".into(),
+            linger: Dur(0),
         }
     }
 }
@@ -96,14 +299,14 @@ pub struct JobSection {
     pub log: String,
     /// After SIGTERM/SIGINT, how long the job may take to commit its
     /// current epoch before it gives up (exit 1).
-    pub stop_timeout: String,
+    pub stop_timeout: Dur,
 }
 impl Default for JobSection {
     fn default() -> Self {
         JobSection {
             output: "tidemark-out".into(),
             log: "info".into(),
-            stop_timeout: "60s".into(),
+            stop_timeout: Dur::lit("60s"),
         }
     }
 }
@@ -121,8 +324,8 @@ pub struct ClusterSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceSection {
-    /// `generator` or `files`.
-    pub kind: String,
+    /// `generator`, `files`, `kafka` or `kinesis`.
+    pub kind: SourceKind,
     /// Logical name written to the `source` column.
     pub name: String,
     /// files: paths or glob patterns.
@@ -136,7 +339,7 @@ pub struct SourceSection {
 impl Default for SourceSection {
     fn default() -> Self {
         SourceSection {
-            kind: "generator".into(),
+            kind: SourceKind::Generator,
             name: "transactions".into(),
             paths: Vec::new(),
             events: 2_000_000,
@@ -150,16 +353,16 @@ impl Default for SourceSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeSection {
-    pub tick: String,
-    pub max_out_of_orderness: String,
-    pub idle_timeout: String,
+    pub tick: Dur,
+    pub max_out_of_orderness: Dur,
+    pub idle_timeout: Dur,
 }
 impl Default for TimeSection {
     fn default() -> Self {
         TimeSection {
-            tick: "1s".into(),
-            max_out_of_orderness: "10s".into(),
-            idle_timeout: "30s".into(),
+            tick: Dur::lit("1s"),
+            max_out_of_orderness: Dur::lit("10s"),
+            idle_timeout: Dur::lit("30s"),
         }
     }
 }
@@ -180,12 +383,12 @@ impl Default for ValidationSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupSection {
-    pub horizon: String,
+    pub horizon: Dur,
 }
 impl Default for DedupSection {
     fn default() -> Self {
         DedupSection {
-            horizon: "10m".into(),
+            horizon: Dur::lit("10m"),
         }
     }
 }
@@ -193,16 +396,16 @@ impl Default for DedupSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointSection {
-    pub interval: String,
-    pub min_wall_interval: String,
+    pub interval: Dur,
+    pub min_wall_interval: Dur,
     /// Commits (with their state snapshots) kept for restarts.
     pub retain: u64,
 }
 impl Default for CheckpointSection {
     fn default() -> Self {
         CheckpointSection {
-            interval: "10s".into(),
-            min_wall_interval: "2s".into(),
+            interval: Dur::lit("10s"),
+            min_wall_interval: Dur::lit("2s"),
             retain: DEFAULT_RETAIN,
         }
     }
@@ -233,6 +436,10 @@ pub struct KafkaSection {
     pub alerts_topic: Option<String>,
     /// Committed rejects are published here, keyed by source coordinates.
     pub dead_letter_topic: Option<String>,
+    /// `start` and `end`, checked against `topics` at load when
+    /// `source.kind = "kafka"`.
+    #[serde(skip)]
+    pub bounds: Option<(crate::kafka_job::Bound, Option<crate::kafka_job::Bound>)>,
 }
 impl Default for KafkaSection {
     fn default() -> Self {
@@ -245,6 +452,7 @@ impl Default for KafkaSection {
             properties: Default::default(),
             alerts_topic: None,
             dead_letter_topic: None,
+            bounds: None,
         }
     }
 }
@@ -264,10 +472,10 @@ pub struct KinesisSection {
     pub endpoint: Option<String>,
     /// Where shards without a checkpoint start: `trim_horizon`, `latest`,
     /// an RFC 3339 time or Unix ms (arrival time, AT_TIMESTAMP).
-    pub start: String,
+    pub start: KinesisStart,
     /// Bounded runs stop before records that arrived at or after this time
     /// (`now`, RFC 3339 or Unix ms). Unset: the job follows the stream.
-    pub end: Option<String>,
+    pub end: Option<KinesisEnd>,
 }
 impl Default for KinesisSection {
     fn default() -> Self {
@@ -275,7 +483,7 @@ impl Default for KinesisSection {
             stream: String::new(),
             region: None,
             endpoint: None,
-            start: "trim_horizon".into(),
+            start: KinesisStart(StartAt::TrimHorizon),
             end: None,
         }
     }
@@ -302,7 +510,7 @@ pub struct ReferenceSection {
     /// `none`, `generator` (rows made by the built-in generator for its
     /// merchants), `files` (JSON Lines) or `kafka` (a compacted topic keyed
     /// by merchant, read from its start with the [kafka] connection).
-    pub kind: String,
+    pub kind: ReferenceKind,
     /// The `source` column of its rejects.
     pub name: String,
     /// files: paths or glob patterns, one partition per file.
@@ -313,7 +521,7 @@ pub struct ReferenceSection {
 impl Default for ReferenceSection {
     fn default() -> Self {
         ReferenceSection {
-            kind: "none".into(),
+            kind: ReferenceKind::None,
             name: "merchants".into(),
             paths: Vec::new(),
             topic: String::new(),
@@ -343,41 +551,41 @@ pub const DEFAULT_RETAIN: u64 = 5;
 #[serde(deny_unknown_fields)]
 pub struct WindowSection {
     pub name: String,
-    pub kind: String,
-    pub size: Option<String>,
-    pub slide: Option<String>,
-    pub gap: Option<String>,
+    pub kind: WindowKindName,
+    pub size: Option<Dur>,
+    pub slide: Option<Dur>,
+    pub gap: Option<Dur>,
     pub group_by: Vec<String>,
     #[serde(default = "all_aggregates")]
-    pub aggregates: Vec<String>,
+    pub aggregates: Vec<AggregateName>,
 }
 
-fn all_aggregates() -> Vec<String> {
-    ["count", "sum", "avg", "min", "max"]
-        .map(String::from)
-        .to_vec()
+fn all_aggregates() -> Vec<AggregateName> {
+    use AggregateName::*;
+    vec![Count, Sum, Avg, Min, Max]
 }
 
 fn default_windows() -> Vec<WindowSection> {
+    use WindowKindName::*;
     let w = |name: &str,
-             kind: &str,
+             kind: WindowKindName,
              size: Option<&str>,
              slide: Option<&str>,
              gap: Option<&str>,
              by: &str| WindowSection {
         name: name.into(),
-        kind: kind.into(),
-        size: size.map(Into::into),
-        slide: slide.map(Into::into),
-        gap: gap.map(Into::into),
+        kind,
+        size: size.map(Dur::lit),
+        slide: slide.map(Dur::lit),
+        gap: gap.map(Dur::lit),
         group_by: vec![by.into()],
         aggregates: all_aggregates(),
     };
     vec![
-        w("status_1m", "tumbling", Some("1m"), None, None, "status"),
+        w("status_1m", Tumbling, Some("1m"), None, None, "status"),
         w(
             "merchant_5m",
-            "sliding",
+            Sliding,
             Some("5m"),
             Some("1m"),
             None,
@@ -385,7 +593,7 @@ fn default_windows() -> Vec<WindowSection> {
         ),
         w(
             "customer_session",
-            "session",
+            Session,
             None,
             None,
             Some("30m"),
@@ -423,22 +631,22 @@ impl Default for TxnAnomaly {
 pub struct WindowAnomaly {
     pub enabled: bool,
     pub window: String,
-    pub metrics: Vec<String>,
+    pub metrics: Vec<MetricName>,
     pub history: usize,
     pub min_history: u64,
     pub z_threshold: f64,
-    pub cooldown: String,
+    pub cooldown: Dur,
 }
 impl Default for WindowAnomaly {
     fn default() -> Self {
         WindowAnomaly {
             enabled: true,
             window: "status_1m".into(),
-            metrics: vec!["txn_count".into(), "sum_cents".into()],
+            metrics: vec![MetricName::TxnCount, MetricName::SumCents],
             history: 60,
             min_history: 10,
             z_threshold: 3.0,
-            cooldown: "30m".into(),
+            cooldown: Dur::lit("30m"),
         }
     }
 }
@@ -450,11 +658,12 @@ impl Config {
         Config::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
+    /// Reads and checks the whole file: after this, nothing in it is parsed
+    /// or checked again.
     pub fn parse(text: &str) -> Result<Config> {
-        let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        cfg.params()?;
-        duration_ms("job.stop_timeout", &cfg.job.stop_timeout)?;
-        duration_ms("metrics.linger", &cfg.metrics.linger)?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| field_error(text, e))?;
+        cfg.params = cfg.build_params()?;
+        cfg.job.stop_timeout.positive("job.stop_timeout")?;
         if cfg.checkpoint.retain == 0 {
             bail!("checkpoint.retain = 0: a restart needs at least the newest commit; use 1 or more (default {DEFAULT_RETAIN})");
         }
@@ -469,30 +678,63 @@ impl Config {
                 bail!("kinesis.endpoint = {e:?} is not an http:// or https:// URL, such as https://kinesis.eu-west-1.amazonaws.com or http://127.0.0.1:4567");
             }
         }
-        crate::kinesis_job::parse_start("kinesis.start", &k.start)?;
-        if let Some(e) = &k.end {
-            crate::kinesis_job::parse_end("kinesis.end", e)?;
-        }
         let r = &cfg.reference;
-        match r.kind.as_str() {
-            "none" | "generator" => {}
-            "files" if r.paths.is_empty() => bail!("reference.kind = \"files\" but reference.paths is empty: list the merchants JSON Lines files, e.g. paths = [\"merchants/*.jsonl\"]"),
-            "kafka" if r.topic.trim().is_empty() => bail!("reference.kind = \"kafka\" but reference.topic is empty: name the compacted merchants topic"),
-            "files" | "kafka" => {}
-            other => bail!("reference.kind = {other:?}: use \"none\", \"generator\", \"files\" or \"kafka\""),
+        match r.kind {
+            ReferenceKind::Files if r.paths.is_empty() => bail!("reference.kind = \"files\" but reference.paths is empty: list the merchants JSON Lines files, e.g. paths = [\"merchants/*.jsonl\"]"),
+            ReferenceKind::Kafka if r.topic.trim().is_empty() => bail!("reference.kind = \"kafka\" but reference.topic is empty: name the compacted merchants topic"),
+            _ => {}
         }
         if r.name.trim().is_empty() || r.name == cfg.source.name {
             bail!("reference.name = {:?} must be non-empty and differ from source.name ({:?}): rejects and positions are told apart by it", r.name, cfg.source.name);
         }
-        if cfg.source.kind == "kinesis" && k.stream.trim().is_empty() {
-            bail!("source.kind = \"kinesis\" but kinesis.stream is empty: name the stream to read, e.g. [kinesis] stream = \"payments\"");
+        match cfg.source.kind {
+            SourceKind::Kinesis if k.stream.trim().is_empty() => {
+                bail!("source.kind = \"kinesis\" but kinesis.stream is empty: name the stream to read, e.g. [kinesis] stream = \"payments\"");
+            }
+            SourceKind::Generator if cfg.source.partitions == 0 => {
+                bail!("source.partitions must be at least 1");
+            }
+            SourceKind::Kafka => {
+                let k = &cfg.kafka;
+                let start = crate::kafka_job::parse_bound("kafka.start", &k.start, &k.topics)?;
+                let end = k
+                    .end
+                    .as_deref()
+                    .map(|e| crate::kafka_job::parse_bound("kafka.end", e, &k.topics))
+                    .transpose()?;
+                cfg.kafka.bounds = Some((start, end));
+            }
+            _ => {}
         }
         Ok(cfg)
     }
 
-    /// The computation's parameters, checked.
+    /// Leaves out what only `tidemark run`'s built-in generator can use, so
+    /// that a replay can share `run`'s file (the shipped cluster.toml):
+    /// `reference.kind = "generator"` makes rows for the generator's
+    /// merchants, and a replay reads no generator. Returns the line to log
+    /// when something was left out. (`[source]` is not read by a replay.)
+    pub fn for_replay(&mut self) -> Option<&'static str> {
+        if self.reference.kind != ReferenceKind::Generator {
+            return None;
+        }
+        self.reference.kind = ReferenceKind::None;
+        self.reference_dropped = true;
+        Some("reference.kind = \"generator\" is for `tidemark run` with the built-in generator (its rows are made for the generator's merchants), so this replay ignores it and runs without a reference table: merchant_category, risk_tier and merchant_country are null; pass --reference FILES to enrich")
+    }
+
+    /// Whether [`Config::for_replay`] left the reference table out.
+    pub fn reference_dropped(&self) -> bool {
+        self.reference_dropped
+    }
+
+    /// The computation's parameters, checked at load.
     pub fn params(&self) -> Result<Params> {
-        let tick_ms = duration_ms("time.tick", &self.time.tick)?;
+        Ok(self.params.clone())
+    }
+
+    fn build_params(&self) -> Result<Params> {
+        let tick_ms = self.time.tick.positive("time.tick")?;
         let multiple = |field: &str, v: i64| -> Result<i64> {
             if v % tick_ms != 0 {
                 bail!("{field} = {} is not a multiple of time.tick ({}): windows and epochs are made of whole ticks; use a multiple of the tick or a smaller tick", fmt_ms(v), fmt_ms(tick_ms));
@@ -508,33 +750,28 @@ impl Config {
             if self.windows[..i].iter().any(|o| o.name == w.name) {
                 bail!("{at}.name is used twice: window names must be unique");
             }
-            let need = |field: &str, v: &Option<String>| -> Result<i64> {
-                let v = v.as_ref().with_context(|| {
+            let need = |field: &str, v: Option<Dur>| -> Result<i64> {
+                let v = v.with_context(|| {
                     format!("{at}.{field} is missing: a {} window needs it", w.kind)
                 })?;
-                multiple(
-                    &format!("{at}.{field}"),
-                    duration_ms(&format!("{at}.{field}"), v)?,
-                )
+                let field = format!("{at}.{field}");
+                multiple(&field, v.positive(&field)?)
             };
-            let kind = match w.kind.as_str() {
-                "tumbling" => WindowKind::Tumbling {
-                    size_ms: need("size", &w.size)?,
+            let kind = match w.kind {
+                WindowKindName::Tumbling => WindowKind::Tumbling {
+                    size_ms: need("size", w.size)?,
                 },
-                "sliding" => {
-                    let size_ms = need("size", &w.size)?;
-                    let slide_ms = need("slide", &w.slide)?;
+                WindowKindName::Sliding => {
+                    let size_ms = need("size", w.size)?;
+                    let slide_ms = need("slide", w.slide)?;
                     if size_ms % slide_ms != 0 {
                         bail!("{at}.size must be a multiple of its slide");
                     }
                     WindowKind::Sliding { size_ms, slide_ms }
                 }
-                "session" => WindowKind::Session {
-                    gap_ms: need("gap", &w.gap)?,
+                WindowKindName::Session => WindowKind::Session {
+                    gap_ms: need("gap", w.gap)?,
                 },
-                other => {
-                    bail!("{at}.kind = {other:?}: use \"tumbling\", \"sliding\" or \"session\"")
-                }
             };
             if w.group_by.is_empty() {
                 bail!("{at}.group_by is empty: name at least one of status, currency, customer_id, merchant, category, merchant_category, risk_tier, merchant_country");
@@ -548,27 +785,11 @@ impl Config {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let aggregates = w
-                .aggregates
-                .iter()
-                .map(|a| {
-                    Ok(match a.as_str() {
-                        "count" => Aggregate::Count,
-                        "sum" => Aggregate::Sum,
-                        "avg" => Aggregate::Avg,
-                        "min" => Aggregate::Min,
-                        "max" => Aggregate::Max,
-                        other => bail!(
-                            "{at}.aggregates: unknown {other:?}; use count, sum, avg, min, max"
-                        ),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
             windows.push(WindowSpec {
                 name: w.name.clone(),
                 kind,
                 group_by,
-                aggregates,
+                aggregates: w.aggregates.iter().map(|&a| a.into()).collect(),
             });
         }
         let wa = &self.anomaly.window;
@@ -583,33 +804,30 @@ impl Config {
         let metrics = wa
             .metrics
             .iter()
-            .map(|m| match m.as_str() {
-                "txn_count" => Ok(Metric::TxnCount),
-                "sum_cents" => Ok(Metric::SumCents),
-                other => {
-                    bail!("anomaly.window.metrics: unknown {other:?}; use txn_count or sum_cents")
-                }
+            .map(|m| match m {
+                MetricName::TxnCount => Metric::TxnCount,
+                MetricName::SumCents => Metric::SumCents,
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         if wa.history == 0 {
             bail!("anomaly.window.history must be at least 1");
         }
         let interval = multiple(
             "checkpoint.interval",
-            duration_ms("checkpoint.interval", &self.checkpoint.interval)?,
+            self.checkpoint.interval.positive("checkpoint.interval")?,
         )?;
         if self.validation.max_record_bytes == 0 {
             bail!("validation.max_record_bytes must be at least 1");
         }
         Ok(Params {
             tick_ms,
-            max_out_of_orderness_ms: duration_ms(
-                "time.max_out_of_orderness",
-                &self.time.max_out_of_orderness,
-            )?,
-            idle_timeout_ms: duration_ms("time.idle_timeout", &self.time.idle_timeout)? as u64,
+            max_out_of_orderness_ms: self
+                .time
+                .max_out_of_orderness
+                .positive("time.max_out_of_orderness")?,
+            idle_timeout_ms: self.time.idle_timeout.positive("time.idle_timeout")? as u64,
             max_record_bytes: self.validation.max_record_bytes,
-            dedup_horizon_ms: duration_ms("dedup.horizon", &self.dedup.horizon)?,
+            dedup_horizon_ms: self.dedup.horizon.positive("dedup.horizon")?,
             windows,
             txn_z: TxnZParams {
                 enabled: self.anomaly.transaction.enabled,
@@ -623,7 +841,7 @@ impl Config {
                 history: wa.history,
                 min_history: wa.min_history,
                 z_threshold: wa.z_threshold,
-                cooldown_ms: duration_ms("anomaly.window.cooldown", &wa.cooldown)?,
+                cooldown_ms: wa.cooldown.positive("anomaly.window.cooldown")?,
             },
             checkpoint_interval_ms: interval,
             outputs: Outputs {
@@ -644,32 +862,85 @@ impl Config {
             path_style: self.storage.path_style.or(env.path_style),
         }
     }
+}
 
-    pub fn min_wall_interval(&self) -> Result<std::time::Duration> {
-        let ms = duration_ms(
-            "checkpoint.min_wall_interval",
-            &self.checkpoint.min_wall_interval,
-        )?;
-        Ok(std::time::Duration::from_millis(ms as u64))
+/// A deserialization error, led by the field it is about
+/// (`time.idle_timeout = "30x": …`) and its line.
+fn field_error(text: &str, e: toml::de::Error) -> anyhow::Error {
+    let msg = e.message().trim_end();
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("{e}");
+    };
+    let at = span.start.min(text.len());
+    let line = text[..at].matches('\n').count() + 1;
+    let Some(path) = field_at(text, at) else {
+        return anyhow::anyhow!("{e}");
+    };
+    if msg.starts_with(&path) {
+        anyhow::anyhow!("{msg} (line {line})")
+    } else if msg.starts_with('"') {
+        anyhow::anyhow!("{path} = {msg} (line {line})")
+    } else {
+        anyhow::anyhow!("{path}: {msg} (line {line})")
     }
 }
 
-/// A checked duration field as a `Duration`.
-pub fn duration(field: &str, s: &str) -> Result<std::time::Duration> {
-    Ok(std::time::Duration::from_millis(
-        duration_ms(field, s)? as u64
-    ))
+/// The dotted path of the field whose key or value is at byte `at`, such
+/// as `time.idle_timeout` or `windows[1].size`: the key of the nearest
+/// `key = …` line at or above it, under the nearest table header.
+fn field_at(text: &str, at: usize) -> Option<String> {
+    let before = &text[..at];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let mut lines: Vec<&str> = text[..line_start].lines().collect();
+    lines.push(&text[line_start..line_end]);
+    let mut key = None;
+    let mut header: Option<String> = None;
+    for (i, l) in lines.iter().enumerate().rev() {
+        let l = l.trim();
+        if let Some(h) = l.strip_prefix("[[") {
+            let name = h.split("]]").next()?.trim();
+            let n = lines[..i]
+                .iter()
+                .filter(|o| {
+                    o.trim()
+                        .strip_prefix("[[")
+                        .and_then(|o| o.split("]]").next())
+                        .map(str::trim)
+                        == Some(name)
+                })
+                .count();
+            header = Some(format!("{name}[{n}]"));
+            break;
+        }
+        if let Some(h) = l.strip_prefix('[') {
+            header = Some(h.split(']').next()?.trim().to_owned());
+            break;
+        }
+        if key.is_none() && !l.starts_with('#') {
+            if let Some((k, _)) = l.split_once('=') {
+                key = Some(k.trim().trim_matches('"').to_owned());
+            }
+        }
+    }
+    match (header, key) {
+        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(h), None) => Some(h),
+        (None, None) => None,
+    }
 }
 
-/// Parses `500ms`, `10s`, `5m`, `2h`, `1d`, or `0`.
-pub fn duration_ms(field: &str, s: &str) -> Result<i64> {
+/// Parses `500ms`, `10s`, `5m`, `2h`, `1d`, or `0` into milliseconds; the
+/// error starts with the value and says how to write one.
+fn parse_duration(s: &str) -> std::result::Result<i64, String> {
     let s = s.trim();
+    let usage = "use a duration such as \"30s\", \"500ms\" or \"5m\" (units ms, s, m, h, d)";
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: i64 = num
-        .parse()
-        .ok()
-        .with_context(|| format!("{field} = {s:?} is not a duration: write a whole number and a unit, e.g. \"10s\", \"500ms\", \"5m\""))?;
+    let n: i64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration: write a whole number and a unit; {usage}")
+    })?;
     let scale = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -677,15 +948,17 @@ pub fn duration_ms(field: &str, s: &str) -> Result<i64> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         "" if n == 0 => 1,
-        _ => bail!("{field} = {s:?} has an unknown unit {unit:?}: use ms, s, m, h or d"),
+        "" => return Err(format!("{s:?} has no unit; {usage}")),
+        _ => return Err(format!("{s:?} has an unknown unit {unit:?}; {usage}")),
     };
-    let v = n
-        .checked_mul(scale)
-        .with_context(|| format!("{field} = {s:?} is too large"))?;
-    if v <= 0 && !matches!(field, "checkpoint.min_wall_interval" | "metrics.linger") {
-        bail!("{field} must be greater than zero");
-    }
-    Ok(v)
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large; {usage}"))
+}
+
+/// Parses a duration field: `500ms`, `10s`, `5m`, `2h`, `1d`, or `0`.
+#[cfg(test)]
+pub fn duration_ms(field: &str, s: &str) -> Result<i64> {
+    parse_duration(s).map_err(|m| anyhow::anyhow!("{field} = {m}"))
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -735,5 +1008,115 @@ mod tests {
         }
         assert_eq!(duration_ms("x", "1500ms").unwrap(), 1500);
         assert_eq!(duration_ms("x", "2h").unwrap(), 7_200_000);
+    }
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn metrics_port_takes_an_integer_a_string_a_range_or_off() {
+        for (text, want) in [
+            ("port = 9464", MetricsPort::Range(9464, 9464)),
+            ("port = \"9464\"", MetricsPort::Range(9464, 9464)),
+            ("port = \"9464-9563\"", MetricsPort::Range(9464, 9563)),
+            ("port = \"off\"", MetricsPort::Off),
+        ] {
+            let cfg = Config::parse(&format!("[metrics]\n{text}\n")).unwrap();
+            assert_eq!(cfg.metrics.port, want, "{text}");
+        }
+        assert_eq!(
+            Config::parse("").unwrap().metrics.port,
+            MetricsPort::Range(9464, 9563)
+        );
+        for bad in [
+            "port = 70000",
+            "port = -1",
+            "port = \"x\"",
+            "port = \"9600-9500\"",
+        ] {
+            let e = error_of(&format!("[metrics]\n{bad}\n"));
+            assert!(e.contains("metrics.port"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_kind_names_the_field_and_the_allowed_values() {
+        let e = error_of("[source]\nkind = \"kafkaa\"\n");
+        for needle in ["source.kind", "generator", "files", "kafka", "kinesis"] {
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let e = error_of("[reference]\nkind = \"csv\"\n");
+        for needle in ["reference.kind", "none", "generator", "files", "kafka"] {
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let w = "[[windows]]\nname = \"a\"\nkind = \"tumbling\"\nsize = \"1m\"\ngroup_by = [\"status\"]\n";
+        let e = error_of(&format!(
+            "{w}[[windows]]\nname = \"b\"\nkind = \"hopping\"\ngroup_by = [\"status\"]\n"
+        ));
+        for needle in ["windows[1].kind", "tumbling", "sliding", "session"] {
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let e = error_of(&format!("{w}aggregates = [\"count\", \"median\"]\n"));
+        assert!(
+            e.contains("windows[0].aggregates") && e.contains("avg"),
+            "{e}"
+        );
+        let e = error_of("[anomaly.window]\nmetrics = [\"txn_total\"]\n");
+        assert!(
+            e.contains("anomaly.window.metrics") && e.contains("sum_cents"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_field() {
+        let e = error_of("[time]\nidle_timeout = \"30x\"\n");
+        assert!(
+            e.contains("time.idle_timeout = \"30x\"") && e.contains("\"30s\""),
+            "{e}"
+        );
+        for (text, needle) in [
+            ("[checkpoint]\ninterval = 10\n", "checkpoint.interval"),
+            ("[checkpoint]\nmin_wall_interval = \"2\"\n", "checkpoint.min_wall_interval"),
+            ("[job]\nstop_timeout = \"0s\"\n", "job.stop_timeout must be greater than zero"),
+            ("[anomaly.window]\ncooldown = \"soon\"\n", "anomaly.window.cooldown"),
+            (
+                "[[windows]]\nname = \"a\"\nkind = \"tumbling\"\nsize = \"1 minute\"\ngroup_by = [\"status\"]\n",
+                "windows[0].size",
+            ),
+        ] {
+            let e = error_of(text);
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let cfg =
+            Config::parse("[time]\nidle_timeout = \"90s\"\n[metrics]\nlinger = \"0\"\n").unwrap();
+        assert_eq!(cfg.time.idle_timeout, Dur(90_000));
+        assert_eq!(cfg.params().unwrap().idle_timeout_ms, 90_000);
+        assert!(cfg.metrics.linger.duration().is_zero());
+    }
+
+    #[test]
+    fn the_shipped_cluster_toml_loads_for_run_and_replay() {
+        let text = include_str!("../cluster.toml");
+        // run: the generator with its merchants table.
+        let cfg = Config::parse(text).unwrap();
+        assert_eq!(cfg.source.kind, SourceKind::Generator);
+        assert_eq!(cfg.reference.kind, ReferenceKind::Generator);
+        let p = cfg.params().unwrap();
+        assert_eq!(p.windows.len(), 4);
+        assert_eq!(cfg.metrics.port, MetricsPort::Range(9464, 9563));
+        // replay: the generator-only reference is left out, with a note.
+        let mut cfg = Config::parse(text).unwrap();
+        let note = cfg.for_replay().expect("a note on what was left out");
+        assert!(
+            note.contains("reference.kind") && note.contains("--reference"),
+            "{note}"
+        );
+        assert_eq!(cfg.reference.kind, ReferenceKind::None);
+        assert!(cfg.reference_dropped());
+        assert_eq!(cfg.params().unwrap(), p);
+        // Nothing else to leave out.
+        assert_eq!(cfg.for_replay(), None);
     }
 }

@@ -429,10 +429,14 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         beyond_watermark: Mutex::new(Latency::new()),
         restored: Mutex::new((0, Duration::ZERO)),
         stopped: AtomicBool::new(false),
-        frontier_ms: AtomicI64::new(i64::MIN),
+        frontier_ms: Arc::new(AtomicI64::new(i64::MIN)),
         opened: AtomicUsize::new(0),
     });
-    let progress = Progress::start(shared.meter.clone(), shared.status.clone());
+    let progress = Progress::start(
+        shared.meter.clone(),
+        shared.status.clone(),
+        shared.frontier_ms.clone(),
+    );
     let collected = shared.clone();
     telemetry::on_scrape(move || collect(&collected));
     if process != 0 {
@@ -496,13 +500,22 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         .resume
         .is_some()
         .then(|| *shared.restored.lock().unwrap());
+    let read = shared.meter.records.load(Ordering::Relaxed);
+    // A bounded job resumed from a commit past the end of its input reads
+    // nothing and commits nothing: the root already holds its result.
+    let already_finished = shared.resume.as_ref().map(|m| m.epoch).filter(|_| {
+        process == 0
+            && !following
+            && !shared.spec.stop.load(Ordering::Relaxed)
+            && read == 0
+            && shared.reference_meter.records.load(Ordering::Relaxed) == 0
+            && status.epochs == 0
+    });
     Ok(Summary {
         process,
         peers,
-        read: shared
-            .meter
-            .records
-            .load(std::sync::atomic::Ordering::Relaxed),
+        read,
+        already_finished,
         elapsed,
         status,
         latency,
@@ -547,7 +560,7 @@ struct Shared {
     /// A commit completed after the stop request: workers leave.
     stopped: AtomicBool,
     /// The dataflow's output frontier, event-time ms (for metrics).
-    frontier_ms: AtomicI64,
+    frontier_ms: Arc<AtomicI64>,
     /// Workers of this process whose sources are open.
     opened: AtomicUsize,
 }

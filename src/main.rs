@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::ClusterArgs;
-use crate::config::Config;
+use crate::config::{Config, ReferenceKind, SourceKind};
 use crate::job::{JobSpec, ReferenceSpec, SourceSpec};
 use crate::kafka_job::KafkaSource;
 use tidemark_connectors::kafka::KafkaSettings;
@@ -233,8 +233,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let cfg = Config::load(&a.config)?;
             progress::init_logging(log_flag.as_deref(), &cfg.job.log);
             let output = a.output.clone().unwrap_or_else(|| cfg.job.output.clone());
-            let source = match cfg.source.kind.as_str() {
-                "generator" => {
+            let source = match cfg.source.kind {
+                SourceKind::Generator => {
                     let mut g = tidemark_connectors::generator::GenConfig {
                         events: a.events.unwrap_or(cfg.source.events),
                         partitions: cfg.source.partitions,
@@ -245,42 +245,29 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     if a.follow {
                         g.events = u64::MAX / 2;
                     }
-                    if g.partitions == 0 {
-                        anyhow::bail!("source.partitions must be at least 1");
-                    }
                     SourceSpec::Generator(g)
                 }
-                "files" => SourceSpec::Files(
+                SourceKind::Files => SourceSpec::Files(
                     inputs::expand(&cfg.source.paths, &cfg.s3_options()).context("source.paths")?,
                 ),
-                "kinesis" => {
+                SourceKind::Kinesis => {
                     let k = &cfg.kinesis;
-                    let start = kinesis_job::parse_start("kinesis.start", &k.start)?;
-                    let end = k
-                        .end
-                        .as_deref()
-                        .map(|e| kinesis_job::parse_end("kinesis.end", e))
-                        .transpose()?;
-                    SourceSpec::Kinesis(StreamSource::connect(&k.settings(None)?, start, end)?)
+                    SourceSpec::Kinesis(StreamSource::connect(
+                        &k.settings(None)?,
+                        k.start.0.clone(),
+                        k.end.map(|e| e.0),
+                    )?)
                 }
-                "kafka" => {
+                SourceKind::Kafka => {
                     let k = &cfg.kafka;
-                    let start = kafka_job::parse_bound("kafka.start", &k.start, &k.topics)?;
-                    let end = k
-                        .end
-                        .as_deref()
-                        .map(|e| kafka_job::parse_bound("kafka.end", e, &k.topics))
-                        .transpose()?;
+                    let (start, end) = k.bounds.as_ref().context("kafka.start: not checked")?;
                     SourceSpec::Kafka(KafkaSource::resolve(
                         kafka_settings(k, None),
                         &k.topics,
-                        &start,
+                        start,
                         end.as_ref(),
                     )?)
                 }
-                other => anyhow::bail!(
-                    "source.kind = {other:?}: use \"generator\", \"files\", \"kafka\" or \"kinesis\""
-                ),
             };
             let bounded = match &source {
                 SourceSpec::Kafka(k) => k.parts.iter().all(|p| p.end.is_some()),
@@ -296,11 +283,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             run(&cfg, a.cluster, source, reference, output, opts, None)
         }
         Command::Replay(a) => {
-            let cfg = match &a.config {
+            let mut cfg = match &a.config {
                 Some(p) => Config::load(p)?,
                 None => Config::parse("")?,
             };
             progress::init_logging(log_flag.as_deref(), &cfg.job.log);
+            if a.reference.is_empty() {
+                if let Some(note) = cfg.for_replay() {
+                    tracing::warn!("{note}");
+                }
+            }
             if a.kafka.is_none()
                 && a.kinesis.is_none()
                 && (a.from != "earliest" || a.to != "latest")
@@ -415,15 +407,15 @@ fn reference_spec(
     files: Option<&[String]>,
 ) -> Result<Option<ReferenceSpec>> {
     let r = &cfg.reference;
-    let spec = match (files, r.kind.as_str()) {
+    let spec = match (files, r.kind) {
         (Some(paths), _) => SourceSpec::Files(
             inputs::expand(paths, &cfg.s3_options()).context("--reference")?,
         ),
-        (None, "none") => return Ok(None),
-        (None, "files") => SourceSpec::Files(
+        (None, ReferenceKind::None) => return Ok(None),
+        (None, ReferenceKind::Files) => SourceSpec::Files(
             inputs::expand(&r.paths, &cfg.s3_options()).context("reference.paths")?,
         ),
-        (None, "kafka") => {
+        (None, ReferenceKind::Kafka) => {
             let topics = [r.topic.clone()];
             let end = bounded.then_some(kafka_job::Bound::Latest);
             SourceSpec::Kafka(
@@ -436,11 +428,10 @@ fn reference_spec(
                 .context("the [reference] Kafka topic")?,
             )
         }
-        (None, "generator") => match source {
+        (None, ReferenceKind::Generator) => match source {
             SourceSpec::Generator(g) => SourceSpec::Merchants(g.clone()),
             _ => anyhow::bail!("reference.kind = \"generator\" needs source.kind = \"generator\" (the rows are made for the generator's merchants): use files or kafka"),
         },
-        (None, other) => anyhow::bail!("reference.kind = {other:?}: use none, generator, files or kafka"),
     };
     Ok(Some(ReferenceSpec {
         name: r.name.clone(),
@@ -464,7 +455,7 @@ fn run(
     brokers: Option<&str>,
 ) -> Result<ExitCode> {
     let params = cfg.params()?;
-    if reference.is_none() {
+    if reference.is_none() && !cfg.reference_dropped() {
         if let Some((w, f)) = params.windows.iter().find_map(|w| {
             w.group_by
                 .iter()
@@ -488,15 +479,15 @@ fn run(
         anyhow::bail!("kafka.alerts_topic / kafka.dead_letter_topic need kafka.brokers: name the bootstrap servers");
     }
     let timely = cluster::timely_config(&cluster, &cfg.cluster)?;
-    let stop = shutdown::install(config::duration("job.stop_timeout", &cfg.job.stop_timeout)?)?;
-    let telemetry = telemetry::start(&cfg.metrics.address, &cfg.metrics.port)?;
+    let stop = shutdown::install(cfg.job.stop_timeout.duration())?;
+    let telemetry = telemetry::start(&cfg.metrics.address, cfg.metrics.port)?;
     let spec = JobSpec {
         params,
         source,
         source_name: cfg.source.name.clone(),
         reference,
         output,
-        min_wall: cfg.min_wall_interval()?,
+        min_wall: cfg.checkpoint.min_wall_interval.duration(),
         timely,
         max_rate: opts.max_rate,
         retain: cfg.checkpoint.retain,
@@ -508,7 +499,7 @@ fn run(
     let summary = job::run(spec)?;
     summary.print();
     // A last scrape can see the finished job's counters.
-    let linger = config::duration("metrics.linger", &cfg.metrics.linger)?;
+    let linger = cfg.metrics.linger.duration();
     if telemetry.is_some() && !linger.is_zero() {
         let until = std::time::Instant::now() + linger;
         while std::time::Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed)

@@ -1,12 +1,18 @@
-//! What a person sees: logs, a progress line on a terminal, the end summary.
+//! What a person sees: logs, a progress bar on a terminal, the end summary.
+//!
+//! On a terminal the bar is drawn on stderr's last line and log lines are
+//! printed above it (the bar is cleared, the line written, the bar drawn
+//! again), so the two never share a line. Off a terminal there is no bar
+//! and log lines are JSON, as before.
 
-use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use indicatif::{HumanCount, ProgressBar, ProgressStyle};
 use tidemark_checkpoint::committer::CommitStatus;
 use tidemark_dataflow::source::Meter;
 
@@ -26,7 +32,7 @@ pub fn init_logging(flag: Option<&str>, default_level: &str) {
     // worker spans put job, process and worker on every line; events add
     // epochs and source coordinates.
     if std::io::stderr().is_terminal() {
-        let _ = builder.try_init();
+        let _ = builder.with_writer(|| LogWriter).try_init();
     } else {
         let _ = builder
             .json()
@@ -34,6 +40,30 @@ pub fn init_logging(flag: Option<&str>, default_level: &str) {
             .with_current_span(true)
             .with_span_list(false)
             .try_init();
+    }
+}
+
+/// The progress bar being drawn, if any.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// stderr for log lines on a terminal: each line (tracing writes one event
+/// with one `write_all`) is printed with the progress bar cleared, and the
+/// bar is drawn again below it.
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let bar = BAR.lock().unwrap().clone();
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)),
+            None => std::io::stderr().write_all(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -71,32 +101,53 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A progress line every second on a terminal; nothing otherwise.
-    pub fn start(meter: Arc<Meter>, status: Arc<Mutex<CommitStatus>>) -> Progress {
+    /// A progress bar on a terminal (records read, rate, committed epochs,
+    /// the frontier's event time); nothing otherwise.
+    pub fn start(
+        meter: Arc<Meter>,
+        status: Arc<Mutex<CommitStatus>>,
+        frontier_ms: Arc<AtomicI64>,
+    ) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
         let handle = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template(
+                    "{spinner} {elapsed_precise}  {wide_msg}",
+                )
+                .expect("a valid progress template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(250));
+            *BAR.lock().unwrap() = Some(bar.clone());
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let t0 = Instant::now();
                 let mut last = (Instant::now(), 0u64);
+                let mut rate = 0.0;
                 while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(250));
-                    if last.0.elapsed() < Duration::from_secs(1) {
-                        continue;
-                    }
                     let read = meter.records.load(Ordering::Relaxed);
-                    let rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                    last = (Instant::now(), read);
+                    if last.0.elapsed() >= Duration::from_secs(1) {
+                        rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                        last = (Instant::now(), read);
+                    }
                     let s = status.lock().unwrap().clone();
                     let epoch = s.last_epoch.map_or("none".into(), fmt_epoch);
-                    eprint!(
-                        "\r\x1b[K{:>6.1}s  read {read:>11}  {:>9.0} ev/s  committed epochs {:>4}, last {epoch}",
-                        t0.elapsed().as_secs_f64(),
-                        rate,
+                    let f = frontier_ms.load(Ordering::Relaxed);
+                    let frontier = if f > i64::MIN / 2 {
+                        fmt_epoch(f)
+                    } else {
+                        "-".into()
+                    };
+                    // One line however narrow the terminal: {wide_msg} is
+                    // cut to its width.
+                    bar.set_message(format!(
+                        "read {} records  {} ev/s  committed epochs {}, last {epoch}  frontier {frontier}",
+                        HumanCount(read),
+                        HumanCount(rate as u64),
                         s.epochs
-                    );
+                    ));
+                    std::thread::sleep(Duration::from_millis(250));
                 }
-                eprint!("\r\x1b[K");
+                *BAR.lock().unwrap() = None;
+                bar.finish_and_clear();
             })
         });
         Progress { stop, handle }
@@ -117,6 +168,9 @@ pub struct Summary {
     pub process: usize,
     pub peers: usize,
     pub read: u64,
+    /// The last committed epoch, when the output root already held the
+    /// result up to the end of a bounded input and the run had nothing to do.
+    pub already_finished: Option<i64>,
     pub elapsed: Duration,
     pub status: CommitStatus,
     pub latency: Latency,
@@ -132,6 +186,14 @@ pub struct Summary {
 
 impl Summary {
     pub fn print(&self) {
+        if let Some(e) = self.already_finished {
+            println!(
+                "tidemark: nothing to do: {} already holds the committed result up to the end of the input (last epoch {e}, {}); to compute it again, write to a fresh --output directory or delete the root",
+                self.output,
+                fmt_epoch(e)
+            );
+            return;
+        }
         let secs = self.elapsed.as_secs_f64();
         let rows = |k: &str| self.status.rows.get(k).copied().unwrap_or(0);
         println!(

@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::config::MetricsPort;
+
 /// Latency buckets, seconds: 1 ms to 60 s.
 const BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
@@ -58,13 +60,11 @@ pub fn clear_collectors() {
 }
 
 /// `port`: one port, or a range `A-B` of which the first free one is taken
-/// (several processes of a cluster on one host). `"off"` starts nothing.
-pub fn start(address: &str, port: &str) -> Result<Option<Arc<Telemetry>>> {
-    let port = port.trim();
-    if port == "off" {
+/// (several processes of a cluster on one host). `Off` starts nothing.
+pub fn start(address: &str, port: MetricsPort) -> Result<Option<Arc<Telemetry>>> {
+    let MetricsPort::Range(lo, hi) = port else {
         return Ok(None);
-    }
-    let (lo, hi) = parse_ports(port)?;
+    };
     let listener = (lo..=hi)
         .find_map(|p| TcpListener::bind((address, p)).ok())
         .with_context(|| {
@@ -100,7 +100,8 @@ pub fn start(address: &str, port: &str) -> Result<Option<Arc<Telemetry>>> {
     Ok(Some(t))
 }
 
-fn parse_ports(s: &str) -> Result<(u16, u16)> {
+/// `9464` or `9464-9563` (`metrics.port`, read in `crate::config`).
+pub(crate) fn parse_ports(s: &str) -> Result<(u16, u16)> {
     let num = |x: &str| -> Result<u16> {
         x.trim().parse::<u16>().with_context(|| {
             format!("metrics.port = \"{s}\": use a port such as \"9464\", a range such as \"9464-9563\", or \"off\"")

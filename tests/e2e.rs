@@ -611,3 +611,81 @@ fn switched_off_outputs_are_not_written_and_the_rest_is_unchanged() {
     // Duplicates are still decided (and counted) without the transactions output.
     assert_eq!(got.duplicates, expected.duplicates);
 }
+
+/// The shipped cluster.toml configures a replay too: its generator-only
+/// setting (`reference.kind = "generator"`) is left out with one warning.
+#[test]
+fn replay_runs_with_the_shipped_cluster_toml() {
+    let tmp = common::tempdir();
+    let input = common::generate(&tmp.join("in"), 2000, 2, 5, 5000);
+    let out = tmp.join("out");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
+    let o = Command::new(common::tidemark_bin())
+        .args(["replay", "--input", &input, "--config"])
+        .arg(&shipped)
+        .arg("--output")
+        .arg(&out)
+        .env("TIDEMARK_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "replay --config cluster.toml failed: {err}"
+    );
+    assert_eq!(
+        err.matches("reference.kind").count(),
+        1,
+        "one line should say the generator's reference table is left out: {err}"
+    );
+    verify_ok(&out);
+    let committed = read_committed(&out);
+    assert!(!committed.transactions.is_empty() && !committed.windows.is_empty());
+}
+
+/// A bounded replay over a root that already holds its whole result says
+/// so, and how to compute again, instead of a summary of zeros.
+#[test]
+fn a_replay_over_a_finished_root_says_there_is_nothing_to_do() {
+    let tmp = common::tempdir();
+    let input = common::generate(&tmp.join("in"), 2000, 2, 5, 5000);
+    let out = tmp.join("out");
+    let config = write_config(&tmp, FAST_COMMITS);
+    run_replay(&input, &out, &config, &["-w", "2"]);
+    let before = read_committed(&out);
+    let manifests = |root: &Path| {
+        let mut m: Vec<_> = std::fs::read_dir(root.join("manifests"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        m.sort();
+        m
+    };
+    let listed = manifests(&out);
+    let o = replay_cmd(&input, &out, &config, &["-w", "2"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "second replay failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let last: i64 = listed
+        .last()
+        .unwrap()
+        .to_string_lossy()
+        .trim_end_matches(".json")
+        .parse()
+        .unwrap();
+    assert!(
+        stdout.contains("nothing to do")
+            && stdout.contains(&format!("last epoch {last}"))
+            && stdout.contains("fresh --output directory"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(manifests(&out), listed);
+    assert_same(&before, &read_committed(&out));
+}
