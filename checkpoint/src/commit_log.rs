@@ -18,21 +18,14 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::manifest::{self, manifest_key, parse, verify, Manifest, QUARANTINE_PREFIX};
+use crate::manifest::{self, manifest_key, parse, verify, Manifest};
 use crate::redshift;
 use crate::storage::Storage;
+use tidemark_protocol::keys::{generation_key, parse_generation_key, parse_log_key};
+use tidemark_protocol::recovery::{self, Entry};
+use tidemark_protocol::retention;
 
-pub use crate::manifest::LOG_PREFIX;
-pub const GENERATIONS_PREFIX: &str = "_generations/";
-
-pub fn log_key(seq: u64) -> String {
-    format!("{LOG_PREFIX}{seq:020}.json")
-}
-
-fn parse_numbered(key: &str, prefix: &str) -> Option<u64> {
-    let digits = key.strip_prefix(prefix)?.strip_suffix(".json")?;
-    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
-}
+pub use tidemark_protocol::keys::{log_key, GENERATIONS_PREFIX, LOG_PREFIX};
 
 /// Claims a generation no other process has: one above the highest claimed
 /// (or committed, for roots written before claims existed), by conditional
@@ -41,16 +34,13 @@ pub fn claim_generation(st: &dyn Storage, at_least: u64, who: &str) -> Result<u6
     let g = st
         .list(GENERATIONS_PREFIX)?
         .iter()
-        .filter_map(|k| parse_numbered(k, GENERATIONS_PREFIX))
+        .filter_map(|k| parse_generation_key(k))
         .max()
         .unwrap_or(0)
         .max(at_least.saturating_sub(1))
         + 1;
     for candidate in g..g + 1000 {
-        if st.put_if_absent(
-            &format!("{GENERATIONS_PREFIX}{candidate:020}.json"),
-            who.as_bytes(),
-        )? {
+        if st.put_if_absent(&generation_key(candidate), who.as_bytes())? {
             return Ok(candidate);
         }
     }
@@ -86,7 +76,7 @@ impl std::fmt::Display for CommitError {
 
 /// Claims commit `m.job.seq`, then publishes `manifests/<E>.json`.
 pub fn commit(st: &dyn Storage, m: &Manifest) -> Result<(), CommitError> {
-    let bytes = m.to_bytes().map_err(CommitError::Storage)?;
+    let bytes = m.to_bytes();
     match st.put_if_absent(&log_key(m.job.seq), &bytes) {
         Ok(true) => {}
         // Our own entry, from an attempt whose answer was lost, is ours.
@@ -108,7 +98,7 @@ pub fn commit(st: &dyn Storage, m: &Manifest) -> Result<(), CommitError> {
 /// exists, so does the COPY manifest.
 fn publish(st: &dyn Storage, m: &Manifest) -> Result<()> {
     let key = manifest_key(m.epoch)?;
-    let bytes = m.public().to_bytes()?;
+    let bytes = m.public().to_bytes();
     if st.get(&key)?.as_deref() == Some(&bytes[..]) {
         return Ok(());
     }
@@ -123,42 +113,47 @@ fn publish(st: &dyn Storage, m: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// What a starting job finds in the log.
-#[derive(Default)]
-pub struct Found {
-    /// The newest commit whose files all verify.
-    pub newest: Option<Manifest>,
-    /// Why newer commits were passed over.
-    pub problems: Vec<String>,
-    /// The commits passed over: (log position, epoch when readable).
-    pub damaged: Vec<(u64, Option<i64>)>,
-}
+/// What a starting job finds in the log ([`recovery::choose`] decides).
+pub type Found = recovery::Recovery;
 
-/// The newest commit whose files all verify, walking back past damaged ones.
-/// Its public manifest is republished if it is missing or damaged.
+/// The newest commit whose files all verify, walking back past damaged ones
+/// (read lazily: nothing older than the restored commit is read). Its
+/// public manifest is republished if it is missing or damaged.
 pub fn newest_valid(st: &dyn Storage) -> Result<Found> {
-    let mut found = Found::default();
-    for seq in list(st)?.into_iter().rev() {
-        let key = log_key(seq);
-        let Some(bytes) = st.get(&key)? else { continue };
-        match parse(&bytes, None) {
-            Err(e) => {
-                found.problems.push(format!("commit {seq}: {e:#}"));
-                found.damaged.push((seq, None));
-            }
-            Ok(m) => {
-                let p = verify(st, &m);
-                if p.is_empty() {
-                    publish(st, &m).with_context(|| format!("republishing epoch {}", m.epoch))?;
-                    found.newest = Some(m);
-                    return Ok(found);
+    let seqs = list(st)?;
+    let mut read_error = None;
+    let entries = seqs
+        .into_iter()
+        .rev()
+        .map_while(|seq| {
+            let bytes = match st.get(&log_key(seq)) {
+                Ok(b) => b?,
+                Err(e) => {
+                    read_error = Some(e);
+                    return None;
                 }
-                found
-                    .problems
-                    .extend(p.into_iter().map(|p| format!("commit {seq}: {p}")));
-                found.damaged.push((seq, Some(m.epoch)));
-            }
-        }
+            };
+            Some(Some(match parse(&bytes, None) {
+                Err(e) => (seq, Entry::Unreadable(e.to_string())),
+                Ok(m) => {
+                    let problems = verify(st, &m);
+                    (
+                        seq,
+                        Entry::Checked {
+                            manifest: Box::new(m),
+                            problems,
+                        },
+                    )
+                }
+            }))
+        })
+        .flatten();
+    let found = recovery::choose(entries);
+    if let Some(e) = read_error {
+        return Err(e.into());
+    }
+    if let Some(m) = &found.newest {
+        publish(st, m).with_context(|| format!("republishing epoch {}", m.epoch))?;
     }
     Ok(found)
 }
@@ -172,7 +167,7 @@ pub fn discard(st: &dyn Storage, damaged: &[(u64, Option<i64>)]) -> Result<Vec<S
     for &(seq, epoch) in damaged {
         let key = log_key(seq);
         if let Some(bytes) = st.get(&key)? {
-            let to = format!("{QUARANTINE_PREFIX}{}", key.replace('/', "-"));
+            let to = tidemark_protocol::keys::quarantine_log_key(seq);
             st.put(&to, &bytes)?;
             st.delete(&key)?;
             moved.push(to);
@@ -193,24 +188,17 @@ pub fn discard(st: &dyn Storage, damaged: &[(u64, Option<i64>)]) -> Result<Vec<S
 /// The log entry goes first: a crash in between leaves state files no commit
 /// names, which the next start's garbage collection removes.
 pub fn retain(st: &dyn Storage, newest_seq: u64, keep: u64) -> Result<Vec<String>> {
-    let keep = keep.max(1);
     let mut deleted = Vec::new();
-    for key in st.list(LOG_PREFIX)? {
-        let Some(seq) = parse_numbered(&key, LOG_PREFIX) else {
-            continue;
-        };
-        if seq + keep > newest_seq {
-            continue;
-        }
+    for seq in retention::expired(&list(st)?, newest_seq, keep) {
+        let key = log_key(seq);
         let state = match st.get(&key)? {
             Some(bytes) => parse(&bytes, None).map(|m| m.job.state).unwrap_or_default(),
             None => continue,
         };
-        st.delete(&key)?;
-        deleted.push(key);
-        for s in state {
-            st.delete(&s.path)?;
-            deleted.push(s.path);
+        let paths = state.into_iter().map(|s| s.path).collect();
+        for k in retention::deletions(key, paths) {
+            st.delete(&k)?;
+            deleted.push(k);
         }
     }
     Ok(deleted)
@@ -221,7 +209,7 @@ pub fn list(st: &dyn Storage) -> Result<Vec<u64>> {
     let mut seqs: Vec<u64> = st
         .list(LOG_PREFIX)?
         .iter()
-        .filter_map(|k| parse_numbered(k, LOG_PREFIX))
+        .filter_map(|k| parse_log_key(k))
         .collect();
     seqs.sort_unstable();
     Ok(seqs)

@@ -12,12 +12,7 @@ use serde_json::json;
 use crate::manifest::Manifest;
 use crate::storage::Storage;
 
-pub const PREFIX: &str = "redshift/";
-
-/// `redshift/<E:020>.manifest`.
-pub fn key(epoch: i64) -> String {
-    format!("{PREFIX}{epoch:020}.manifest")
-}
+pub use tidemark_protocol::keys::{redshift_key as key, REDSHIFT_PREFIX as PREFIX};
 
 /// The COPY manifest of `m`'s `transactions` files; `None` when it has none
 /// (COPY refuses a manifest without entries).

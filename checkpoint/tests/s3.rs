@@ -10,9 +10,10 @@ use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Once};
 use std::time::Duration;
+use tidemark_checkpoint::commit_log;
 use tidemark_checkpoint::manifest::{
-    self, collect_garbage, commit, file_name, newest_valid, sha256_hex, verify, FileEntry,
-    JobSection, Manifest, StateFile,
+    self, collect_garbage, file_name, sha256_hex, verify, FileEntry, JobSection, Manifest,
+    StateFile,
 };
 use tidemark_checkpoint::s3::{S3Options, S3Storage};
 use tidemark_checkpoint::storage::{self, Storage};
@@ -506,6 +507,7 @@ fn manifest_helpers_over_s3() {
         vec![f],
         JobSection {
             generation: 1,
+            seq: 1,
             state: vec![StateFile {
                 path: state_key.clone(),
                 bytes: 5,
@@ -515,13 +517,21 @@ fn manifest_helpers_over_s3() {
             ..Default::default()
         },
     );
-    assert!(commit(st, &m).unwrap());
-    assert!(!commit(st, &m).unwrap(), "an epoch commits once");
+    commit_log::commit(st, &m).unwrap();
+    let mut other = m.clone();
+    other.job.generation = 2;
+    assert!(
+        matches!(
+            commit_log::commit(st, &other),
+            Err(commit_log::CommitError::Conflict { seq: 1, .. })
+        ),
+        "a log position commits once"
+    );
     assert!(verify(st, &m).is_empty());
     assert_eq!(manifest::list_manifests(st).unwrap(), vec![epoch]);
-    let (newest, problems) = newest_valid(st).unwrap();
-    assert_eq!(newest.as_ref(), Some(&m));
-    assert!(problems.is_empty(), "{problems:?}");
+    let found = commit_log::newest_valid(st).unwrap();
+    assert_eq!(found.newest.as_ref(), Some(&m));
+    assert!(found.problems.is_empty(), "{:?}", found.problems);
 
     // Garbage: a file of an older generation that no manifest names goes;
     // committed files and files of the current generation stay.
@@ -546,9 +556,13 @@ fn manifest_helpers_over_s3() {
         problems[0].contains(&key) && problems[0].contains("sha256"),
         "{problems:?}"
     );
-    let (newest, problems) = newest_valid(st).unwrap();
-    assert_eq!(newest, None);
-    assert!(problems.iter().any(|p| p.contains(&key)), "{problems:?}");
+    let found = commit_log::newest_valid(st).unwrap();
+    assert_eq!(found.newest, None);
+    assert!(
+        found.problems.iter().any(|p| p.contains(&key)),
+        "{:?}",
+        found.problems
+    );
     st.delete(&key).unwrap();
     assert!(verify(st, &m)[0].contains("missing"));
 }

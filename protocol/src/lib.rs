@@ -1,0 +1,23 @@
+//! tidemark's exactly-once rules, as pure types and decisions.
+//!
+//! Nothing here does I/O or knows timely: the executor (`checkpoint`) reads
+//! and writes a store and asks these functions what to do, so each rule is
+//! a table test away. Model: Arroyo's `state-protocol` ("pure types and
+//! decision logic; object-store I/O is kept at the edge").
+//!
+//! - [`keys`]: every storage key the job writes, built and parsed in one place.
+//! - [`manifest`]: the commit record of an epoch (the public format of
+//!   docs/spec.md section 8, plus the job's own resume section).
+//! - [`verify`]: whether a manifest's files are all there, intact.
+//! - [`recovery`]: which commit a starting job restores, and which newer
+//!   ones it quarantines.
+//! - [`retention`]: which old commits and state snapshots to delete, in
+//!   which order.
+//! - [`gc`]: which files are garbage of crashed runs.
+
+pub mod gc;
+pub mod keys;
+pub mod manifest;
+pub mod recovery;
+pub mod retention;
+pub mod verify;
