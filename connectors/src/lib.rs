@@ -14,11 +14,9 @@
 //!   and flags, partitions, offset mirroring and shard logs.
 //! - [`background`]: a worker thread that takes work without blocking the
 //!   sender.
-//! - [`merchants_gen`]: the merchants reference table of a generated
-//!   dataset.
 //!
-//! `kinesis_stream` and `kpl` are the former paths of [`kinesis::stream`]
-//! and [`kinesis::kpl`].
+//! `kinesis_stream`, `kpl` and `merchants_gen` are the former paths of
+//! [`kinesis::stream`], [`kinesis::kpl`] and [`generator::merchants`].
 
 pub mod adapters;
 pub mod background;
@@ -27,6 +25,6 @@ pub mod gen_source;
 pub mod generator;
 pub mod kafka;
 pub mod kinesis;
-pub mod merchants_gen;
 
+pub use generator::merchants as merchants_gen;
 pub use kinesis::{kpl, stream as kinesis_stream};
