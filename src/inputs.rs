@@ -1,80 +1,35 @@
-//! Replay inputs: local files and S3 objects named by paths, URLs and glob
-//! patterns (`data/*.jsonl`, `s3://bucket/prefix/*.jsonl.gz`). Each input
-//! is one partition; partitions are numbered local files first (in path
-//! order), then S3 objects (in URL order), so a checkpoint's positions stay
-//! valid across restarts over the same inputs.
+//! Replay inputs as the binary wires them: the file adapter
+//! ([`tidemark_connectors::adapters::files`]) with `s3://` patterns listed
+//! and read through the checkpoint crate's S3 storage.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tidemark_checkpoint::s3::{S3Options, S3Storage};
 use tidemark_checkpoint::storage::Storage;
-use tidemark_connectors::file::{expand_inputs, FileReader};
-
-pub enum Input {
-    Local(PathBuf),
-    Object {
-        store: Arc<dyn Storage>,
-        key: String,
-    },
-}
-
-impl Input {
-    /// The file or object name, without its folder.
-    pub fn name(&self) -> String {
-        match self {
-            Input::Local(p) => p.file_name().map_or_else(
-                || p.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            ),
-            Input::Object { key, .. } => key.rsplit('/').next().unwrap_or(key).to_owned(),
-        }
-    }
-
-    pub fn open(&self, offset: u64) -> Result<FileReader> {
-        match self {
-            Input::Local(p) => FileReader::open(p, offset),
-            Input::Object { store, key } => {
-                let url = store.url(key);
-                let raw = store
-                    .open_read(key)
-                    .with_context(|| format!("opening {url}"))?;
-                FileReader::from_read(&url, raw, offset)
-            }
-        }
-    }
-}
+pub use tidemark_connectors::adapters::files::Input;
+use tidemark_connectors::adapters::files::{self, ObjectStore};
 
 /// Expands every pattern; a pattern that matches nothing is an error.
 pub fn expand(patterns: &[String], s3: &S3Options) -> Result<Vec<Input>> {
-    let (remote, local): (Vec<String>, Vec<String>) = patterns
-        .iter()
-        .cloned()
-        .partition(|p| p.starts_with("s3://"));
-    let mut inputs: Vec<Input> = if local.is_empty() {
-        Vec::new()
-    } else {
-        expand_inputs(&local)?
-            .into_iter()
-            .map(Input::Local)
-            .collect()
-    };
-    let mut objects: Vec<(String, Input)> = Vec::new();
-    for p in &remote {
-        for (store, key) in expand_s3(p, s3)? {
-            objects.push((store.url(&key), Input::Object { store, key }));
-        }
+    files::expand(patterns, |p| expand_s3(p, s3))
+}
+
+/// Objects of a [`Storage`], as the file adapter reads them.
+struct Objects(Arc<dyn Storage>);
+
+impl ObjectStore for Objects {
+    fn url(&self, key: &str) -> String {
+        self.0.url(key)
     }
-    objects.sort_by(|a, b| a.0.cmp(&b.0));
-    objects.dedup_by(|a, b| a.0 == b.0);
-    inputs.extend(objects.into_iter().map(|(_, i)| i));
-    Ok(inputs)
+    fn open_read(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>> {
+        self.0.open_read(key)
+    }
 }
 
 /// `s3://bucket/dir/pattern` → the matching objects, each as (a store rooted
 /// at `dir/`, its key under it). `*` and `?` do not cross `/`; `**` does.
-fn expand_s3(url: &str, s3: &S3Options) -> Result<Vec<(Arc<dyn Storage>, String)>> {
+fn expand_s3(url: &str, s3: &S3Options) -> Result<Vec<(Arc<dyn ObjectStore>, String)>> {
     let rest = url.strip_prefix("s3://").expect("an s3:// URL");
     let Some((bucket, path)) = rest.split_once('/') else {
         bail!("input {url:?} names a bucket but no objects: use s3://bucket/prefix/*.jsonl.gz");
@@ -103,5 +58,6 @@ fn expand_s3(url: &str, s3: &S3Options) -> Result<Vec<(Arc<dyn Storage>, String)
     if keys.is_empty() {
         bail!("input {url:?} matches no object in {}", store.describe());
     }
-    Ok(keys.into_iter().map(|k| (store.clone(), k)).collect())
+    let objects: Arc<dyn ObjectStore> = Arc::new(Objects(store));
+    Ok(keys.into_iter().map(|k| (objects.clone(), k)).collect())
 }

@@ -27,13 +27,13 @@ use tidemark_dataflow::source::{
 use timely::dataflow::operators::Probe;
 use timely::dataflow::ProbeHandle;
 
-use crate::background::Background;
 use crate::inputs::Input;
 use crate::kafka_job::{offset_mirror, KafkaSource};
 use crate::kafka_sinks::{self, SinkTopics};
 use crate::kinesis_job::ShardLog;
 use crate::progress::{Latency, Progress, Summary};
 use crate::{telemetry, upgrade};
+use tidemark_connectors::background::Background;
 use tidemark_connectors::kafka::KafkaSettings;
 use tidemark_connectors::kinesis_stream::StreamSource;
 

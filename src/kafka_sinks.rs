@@ -18,9 +18,8 @@ use serde_json::{Map, Value};
 use tidemark_checkpoint::manifest::{self, Manifest};
 use tidemark_checkpoint::parquet_rows::rows_as_json;
 use tidemark_checkpoint::storage::Storage;
+use tidemark_connectors::background::Background;
 use tidemark_connectors::kafka::{KafkaSettings, KeyedSink};
-
-use crate::background::Background;
 
 pub const PROGRESS_KEY: &str = "_sinks/kafka.json";
 

@@ -1,6 +1,5 @@
 //! The `tidemark` command line.
 
-mod background;
 mod cluster;
 mod config;
 mod inputs;
@@ -8,7 +7,6 @@ mod inspect;
 mod job;
 mod kafka_job;
 mod kafka_sinks;
-mod kinesis_job;
 mod progress;
 mod shutdown;
 mod telemetry;
@@ -24,6 +22,7 @@ use crate::cluster::ClusterArgs;
 use crate::config::{Config, ReferenceKind, SourceKind};
 use crate::job::{JobSpec, ReferenceSpec, SourceSpec};
 use crate::kafka_job::KafkaSource;
+use tidemark_connectors::adapters::kinesis as kinesis_job;
 use tidemark_connectors::kafka::KafkaSettings;
 use tidemark_connectors::kinesis_stream::StreamSource;
 

@@ -4,8 +4,8 @@
 
 use tidemark_dataflow::source::{PartitionReader, Poll, RawBatch};
 
+use crate::generator::merchants::{merchant_rows, MerchantRows, MerchantsConfig};
 use crate::generator::{partition, GenConfig, PartitionGen};
-use crate::merchants_gen::{merchant_rows, MerchantRows, MerchantsConfig};
 
 pub struct GenReader {
     gen: PartitionGen,

@@ -1,17 +1,18 @@
 //! The Kinesis source as the job sees it: start and end positions from
 //! config and flags, and the per-shard metrics (`MillisBehindLatest`)
 //! logged from the committer. The shards themselves are planned and read
-//! by `tidemark_connectors::kinesis_stream`.
+//! by [`crate::kinesis::stream`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
-use tidemark_connectors::kinesis::StartAt;
-use tidemark_connectors::kinesis_stream::StreamSource;
 use tidemark_dataflow::rfc3339::parse_rfc3339_ms;
 use tidemark_dataflow::source::Meter;
+
+use crate::kinesis::stream::StreamSource;
+use crate::kinesis::{ShardMetrics, StartAt};
 
 /// `trim_horizon` (or `earliest`) | `latest` | RFC 3339 time | Unix ms: where
 /// shards without a checkpoint start. Times are ApproximateArrivalTimestamp.
@@ -73,7 +74,7 @@ impl ShardLog {
     }
 
     /// Each shard's partition, id and counters.
-    pub fn metrics(&self) -> Vec<(u32, String, Arc<tidemark_connectors::kinesis::ShardMetrics>)> {
+    pub fn metrics(&self) -> Vec<(u32, String, Arc<ShardMetrics>)> {
         self.source.metrics()
     }
 

@@ -1,4 +1,4 @@
-//! The merchants reference table (SPEC 9) that goes with a generated
+//! Merchant names, and the merchants reference table (SPEC 9) that goes with a generated
 //! dataset: one partition of JSON Lines rows, deterministic in the
 //! transactions' [`GenConfig`].
 //!
@@ -26,7 +26,41 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::generator::{civil_from_days, merchant_names, mix64, seed_key, GenConfig, CATEGORIES};
+use super::{civil_from_days, mix64, seed_key, GenConfig, CATEGORIES};
+
+/// Merchant name stems (each merchant is `<stem> #NNNN`).
+pub const MERCHANT_NAMES: [&str; 16] = [
+    "Acme Stores",
+    "Globex",
+    "Initech",
+    "Umbrella Pharmacy",
+    "Café Lumière",
+    "Bäckerei Müller",
+    "東京ラーメン",
+    "Joe's \"Diner\"",
+    "Northwind Traders",
+    "Blue Bottle",
+    "Stark Fuel",
+    "Wayne Electronics",
+    "Soylent Market",
+    "Hooli Cloud",
+    "Pied Piper",
+    "Vandelay Imports",
+];
+
+/// The merchant of each rank (rank 0 the most frequent), as the
+/// transactions spell it.
+pub fn merchant_names(cfg: &GenConfig) -> Vec<String> {
+    let seed_key = seed_key(cfg);
+    let n_merchants = cfg.merchants.max(1);
+    let mwidth = (n_merchants - 1).to_string().len().max(4);
+    (0..n_merchants)
+        .map(|m| {
+            let base = MERCHANT_NAMES[(mix64(seed_key ^ 2 ^ (m << 8)) % 16) as usize];
+            format!("{base} #{m:0mwidth$}")
+        })
+        .collect()
+}
 
 /// Which kinds of rows beyond the initial versions to write.
 #[derive(Clone, Debug)]
