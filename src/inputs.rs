@@ -23,7 +23,7 @@ impl ObjectStore for Objects {
         self.0.url(key)
     }
     fn open_read(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>> {
-        self.0.open_read(key)
+        Ok(self.0.open_read(key)?)
     }
 }
 
