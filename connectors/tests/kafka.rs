@@ -446,75 +446,17 @@ fn committed_offsets_show_lag_for_the_group() {
     );
 }
 
-/// A broker that hangs (SIGSTOP: connections open, no answers) while a
-/// following reader is behind: librdkafka reports no error for a long time,
-/// and still the reader says Waiting, never CaughtUp, so the partition
-/// holds the frontier; when the broker answers again every record comes,
-/// once, and then the reader is caught up.
-#[test]
-fn a_hung_broker_leaves_a_reader_behind_waiting_never_caught_up() {
-    let t = Tansu::start();
+/// 200 records in batches of 10 on one partition, and a following reader
+/// with tiny fetches that has read 30 of them: most records are still on
+/// the broker, so an outage now leaves the reader behind.
+fn a_reader_behind(t: &Tansu, group: &str) -> (KafkaSettings, KafkaReader, Records, Vec<Vec<u8>>) {
     t.create_topic("pay", 1);
-    let mut s = settings(&t, "g-hang");
-    let all = numbered("rec", 200);
-    for chunk in all.chunks(10) {
-        produce_lines(&s, "pay", 0, &as_slices(chunk)).unwrap();
-    }
-    // Tiny fetches: most records are still on the broker when it hangs.
-    s.properties = vec![
-        ("max.partition.fetch.bytes".into(), "256".into()),
-        ("fetch.max.bytes".into(), "1000".into()),
-        ("message.max.bytes".into(), "1000".into()),
-        ("queued.min.messages".into(), "5".into()),
-        ("queued.max.messages.kbytes".into(), "1".into()),
-    ];
-    let mut readers = open_readers(&s, &[part("pay", 0, 0, StartAt::Earliest)]).unwrap();
-    let r = &mut readers[0];
-    let mut got = read_n(r, 30, Duration::from_secs(20));
-    assert_eq!(got.len(), 30);
-
-    t.pause();
-    let mut batch = RawBatch::default();
-    let mut waiting = 0;
-    let hung_until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < hung_until {
-        batch.clear();
-        let poll = r
-            .poll(10, &mut batch)
-            .expect("no error while the broker hangs");
-        got.extend(batch.iter().map(|(b, o)| (o, b.to_vec())));
-        match poll {
-            Poll::Waiting => waiting += 1,
-            Poll::Ready => {}
-            other => panic!("{other:?} with records unread on a hung broker"),
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    t.resume();
-    assert!(waiting > 100, "waiting answers while hung: {waiting}");
-    assert!(
-        got.len() < 200,
-        "all records were prefetched: the test shows nothing"
-    );
-
-    let n = 200 - got.len();
-    got.extend(read_n(r, n, Duration::from_secs(60)));
-    assert_eq!(got, from(0, &all));
-    assert_caught_up_for(r, Duration::from_millis(300));
-}
-
-#[test]
-fn a_broker_restart_mid_read_loses_and_repeats_nothing() {
-    let mut t = Tansu::start();
-    t.create_topic("pay", 1);
-    let mut s = settings(&t, "g6");
+    let mut s = settings(t, group);
     let first = numbered("first", 200);
     // Separate record batches: a fetch returns at least one whole batch.
     for chunk in first.chunks(10) {
         produce_lines(&s, "pay", 0, &as_slices(chunk)).unwrap();
     }
-
-    // Tiny fetches: most records are still on the broker when it dies.
     s.properties = vec![
         ("max.partition.fetch.bytes".into(), "256".into()),
         ("fetch.max.bytes".into(), "1000".into()),
@@ -524,49 +466,77 @@ fn a_broker_restart_mid_read_loses_and_repeats_nothing() {
         ("reconnect.backoff.max.ms".into(), "500".into()),
     ];
     let mut readers = open_readers(&s, &[part("pay", 0, 0, StartAt::Earliest)]).unwrap();
-    let r = &mut readers[0];
-    let mut got = read_n(r, 30, Duration::from_secs(20));
+    let mut r = readers.remove(0);
+    let got = read_n(&mut r, 30, Duration::from_secs(20));
     assert_eq!(got.len(), 30);
+    (s, r, got, first)
+}
 
-    t.kill();
-    // While down: Ready with prefetched records, then Waiting (records are
-    // unread: not idleness), never CaughtUp however the client's errors
-    // come and go; never an error, never Finished.
+/// Polls for `period` while the broker is away: Ready with prefetched
+/// records, else Waiting (records are unread: not idleness), never
+/// CaughtUp however the client's errors come and go; never an error, never
+/// Finished. Ends Waiting, with records still unread.
+fn assert_waiting_for(r: &mut KafkaReader, got: &mut Records, period: Duration) {
     let mut batch = RawBatch::default();
     let mut waiting = 0;
     let mut last = Poll::Ready;
-    let down_until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < down_until {
+    let until = Instant::now() + period;
+    while Instant::now() < until {
         batch.clear();
         let poll = r
             .poll(10, &mut batch)
-            .expect("no error while the broker is down");
+            .expect("no error while the broker is away");
         got.extend(batch.iter().map(|(b, o)| (o, b.to_vec())));
         match poll {
             Poll::Waiting => waiting += 1,
             Poll::Ready => {}
-            Poll::CaughtUp => panic!("caught up with records unread on a dead broker"),
+            Poll::CaughtUp => panic!("caught up with records unread on the broker"),
             Poll::Finished => panic!("an unbounded read finished"),
         }
         last = poll;
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(waiting > 0, "never Waiting while the broker was down");
-    assert_eq!(last, Poll::Waiting, "still down, so not idle");
+    assert!(waiting > 0, "never Waiting while the broker was away");
+    assert_eq!(last, Poll::Waiting, "still away, so not idle");
     assert!(
         got.len() < 200,
         "all records were prefetched: the test shows nothing"
     );
+}
 
+/// A broker that hangs (SIGSTOP: connections open, no answers) while a
+/// following reader is behind: librdkafka reports no error for a long time,
+/// and still the reader says Waiting, never CaughtUp, so the partition
+/// holds the frontier; when the broker answers again every record comes,
+/// once, and then the reader is caught up.
+#[test]
+fn a_hung_broker_leaves_a_reader_behind_waiting_never_caught_up() {
+    let t = Tansu::start();
+    let (_, mut r, mut got, first) = a_reader_behind(&t, "g-hang");
+    t.pause();
+    assert_waiting_for(&mut r, &mut got, Duration::from_secs(4));
+    t.resume();
+    let n = 200 - got.len();
+    got.extend(read_n(&mut r, n, Duration::from_secs(60)));
+    assert_eq!(got, from(0, &first));
+    assert_caught_up_for(&mut r, Duration::from_millis(300));
+}
+
+#[test]
+fn a_broker_restart_mid_read_loses_and_repeats_nothing() {
+    let mut t = Tansu::start();
+    let (s, mut r, mut got, first) = a_reader_behind(&t, "g6");
+    t.kill();
+    assert_waiting_for(&mut r, &mut got, Duration::from_secs(3));
     t.restart();
     let second = numbered("second", 100);
     produce_lines(&s, "pay", 0, &as_slices(&second)).unwrap();
     let n = 300 - got.len();
-    got.extend(read_n(r, n, Duration::from_secs(60)));
+    got.extend(read_n(&mut r, n, Duration::from_secs(60)));
     let mut want = from(0, &first);
     want.extend(from(200, &second));
     assert_eq!(got, want);
-    assert_caught_up_for(r, Duration::from_millis(300));
+    assert_caught_up_for(&mut r, Duration::from_millis(300));
 }
 
 #[test]
