@@ -179,7 +179,7 @@ struct GenerateArgs {
 /// 4 KiB pages rather than transparent huge pages: a fault on a huge page
 /// zeroes 2 MiB however little of it is used, and on the benchmark machine
 /// (a VM, where first touch is expensive) huge pages made a replay 1.4–1.8×
-/// slower (see README, Performance). The job's memory stays at its peak, as
+/// slower (see docs/performance.md). The job's memory stays at its peak, as
 /// a JVM's would. MIMALLOC_PURGE_DELAY / MIMALLOC_ALLOW_THP in the
 /// environment still win.
 fn tune_allocator() {

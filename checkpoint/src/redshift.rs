@@ -2,7 +2,7 @@
 //! files, at `redshift/<E:020>.manifest`, naming exactly those files.
 //!
 //! A manifest makes COPY load a fixed file set; it does not make a reload
-//! idempotent. The load that is (README, "Loading into Redshift") copies
+//! idempotent. The load that is (docs/reading-outputs.md, "Loading into Redshift") copies
 //! into a staging table and replaces rows by `transaction_id` in one
 //! transaction.
 
