@@ -21,7 +21,7 @@ use tidemark_checkpoint::storage::Storage;
 use tidemark_connectors::background::Background;
 use tidemark_connectors::kafka::{KafkaSettings, KeyedSink};
 
-pub const PROGRESS_KEY: &str = "_sinks/kafka.json";
+pub use tidemark_protocol::keys::KAFKA_SINKS_PROGRESS as PROGRESS_KEY;
 
 #[derive(Clone, Debug, Default)]
 pub struct SinkTopics {

@@ -12,7 +12,7 @@ use timely::dataflow::StreamVec;
 use tidemark_dataflow::event::Tick;
 use tidemark_dataflow::source::PositionEntry;
 use tidemark_dataflow::stateful::Marker;
-use tidemark_dataflow::time::floor_to;
+use tidemark_protocol::epoch::{final_epoch, Ledger, Reported};
 
 use crate::commit_log;
 use crate::manifest::{Counts, JobSection, Manifest, Position, SourceNames};
@@ -86,7 +86,7 @@ pub fn committer<'s>(
         let mut boundaries: Vec<Tick> = Vec::new();
         let mut done = false;
         let mut book = Book {
-            entries: BTreeMap::new(),
+            ledger: Ledger::default(),
             last: cfg.previous_epoch,
             seq: cfg.previous_seq,
             committed_positions: cfg
@@ -103,11 +103,7 @@ pub fn committer<'s>(
             rep_in.for_each(|_, d| pending.append(d));
             pos_in.for_each(|_, d| {
                 for e in d.drain(..) {
-                    let v = book.entries.entry(e.partition).or_default();
-                    let at = v.partition_point(|x| x.offset < e.offset);
-                    if v.get(at).is_none_or(|x| x.offset != e.offset) {
-                        v.insert(at, e);
-                    }
+                    book.ledger.record(reported(e));
                 }
             });
             mark_in.for_each(|_, d| {
@@ -148,12 +144,9 @@ pub fn committer<'s>(
                     let max_tick = finals
                         .iter()
                         .filter_map(|r| r.max_tick)
-                        .chain(book.entries.values().flatten().map(|e| e.max_tick))
-                        .max()
-                        .unwrap_or(Tick::MIN);
-                    let above = (max_tick.saturating_add(1) * cfg.tick_ms)
-                        .max(book.last.map_or(i64::MIN, |l| l + 1));
-                    let epoch = floor_to(above - 1, cfg.interval_ms) + cfg.interval_ms;
+                        .chain(book.ledger.max_tick())
+                        .max();
+                    let epoch = final_epoch(max_tick, cfg.tick_ms, cfg.interval_ms, book.last);
                     book.commit(None, epoch, finals);
                 }
             }
@@ -163,8 +156,8 @@ pub fn committer<'s>(
 
 /// The committer's ledger: what has been committed and what positions are known.
 struct Book {
-    /// Per partition: position entries in offset order.
-    entries: BTreeMap<u32, Vec<PositionEntry>>,
+    /// Position reports not yet settled by a commit.
+    ledger: Ledger,
     last: Option<i64>,
     /// The last commit-log position.
     seq: u64,
@@ -184,25 +177,18 @@ impl Book {
             .collect();
         let state: Vec<_> = reports.iter().filter_map(|r| r.state.clone()).collect();
         let duplicates: u64 = reports.iter().map(|r| r.duplicates).sum();
-        let limit = epoch / self.cfg.tick_ms;
-        for (partition, v) in self.entries.iter_mut() {
-            // The furthest position all of whose records are below the epoch.
-            let valid = v.partition_point(|e| e.max_tick < limit);
-            if valid > 0 {
-                let e = &v[valid - 1];
-                let (source, local) = self.cfg.names.name_of(*partition);
-                self.committed_positions.insert(
-                    *partition,
-                    Position {
-                        source: source.to_owned(),
-                        partition: local,
-                        offset: e.offset,
-                        max_ts: e.max_ts,
-                        token: e.token.clone(),
-                    },
-                );
-                v.drain(..valid - 1);
-            }
+        for e in self.ledger.settle(epoch / self.cfg.tick_ms) {
+            let (source, local) = self.cfg.names.name_of(e.partition);
+            self.committed_positions.insert(
+                e.partition,
+                Position {
+                    source: source.to_owned(),
+                    partition: local,
+                    offset: e.offset,
+                    max_ts: e.max_ts,
+                    token: e.token,
+                },
+            );
         }
         let m = Manifest::new(
             epoch,
@@ -268,5 +254,16 @@ impl Book {
         for f in &m.files {
             *s.rows.entry(f.output.clone()).or_default() += f.rows;
         }
+    }
+}
+
+/// A source's position report, as the protocol reads it.
+fn reported(e: PositionEntry) -> Reported {
+    Reported {
+        partition: e.partition,
+        offset: e.offset,
+        max_ts: e.max_ts,
+        max_tick: e.max_tick,
+        token: e.token,
     }
 }

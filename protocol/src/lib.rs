@@ -5,6 +5,7 @@
 //! a table test away. Model: Arroyo's `state-protocol` ("pure types and
 //! decision logic; object-store I/O is kept at the edge").
 //!
+//! - [`epoch`]: the positions an epoch commits, and the final epoch.
 //! - [`keys`]: every storage key the job writes, built and parsed in one place.
 //! - [`manifest`]: the commit record of an epoch (the public format of
 //!   docs/spec.md section 8, plus the job's own resume section).
@@ -15,6 +16,7 @@
 //!   which order.
 //! - [`gc`]: which files are garbage of crashed runs.
 
+pub mod epoch;
 pub mod gc;
 pub mod keys;
 pub mod manifest;
