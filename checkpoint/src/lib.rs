@@ -1,11 +1,14 @@
-//! tidemark's checkpointing: where outputs and state go, and how an epoch is
-//! committed and restored.
+//! tidemark's checkpointing executor: how an epoch is written, committed
+//! and restored. The rules (what an epoch commits, which commit to
+//! restore, what retention and garbage collection delete, every key) are
+//! pure decisions in `tidemark-protocol`; this crate runs them against a
+//! store and inside timely operators.
 //!
 //! - [`storage`]: the object-store seam, re-exported from `tidemark-store`
 //!   (local filesystem, S3 in [`s3`], in memory with faults).
 //! - [`parquet_out`]: Parquet encoders with the output schemas of `docs/outputs.md`.
-//! - [`manifest`]: the commit record of an epoch (SPEC 8), its verification,
-//!   fallback past damaged manifests, and garbage collection.
+//! - [`manifest`]: manifests on a store: listing, loading, verification,
+//!   quarantine and garbage collection (types re-exported from the protocol).
 //! - [`commit_log`]: the fenced log of commits, repair, and retention.
 //! - [`redshift`]: Redshift COPY manifests of each epoch's transactions.
 //! - [`writer`], [`committer`]: the timely operators that write an epoch on
