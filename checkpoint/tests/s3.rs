@@ -1,5 +1,6 @@
 //! `S3Storage` against a real S3 API server (moto), through the `Storage`
-//! trait: the contract the commit protocol relies on, large objects
+//! trait, beyond the contract every backend keeps (`store::conformance`,
+//! run against S3 in `store/tests/conformance.rs`): the root prefix, large objects
 //! (multipart, conditional multipart, streaming reads), errors, and the
 //! manifest helpers running over S3.
 //!
@@ -100,34 +101,6 @@ fn tokio_rt() -> tokio::runtime::Runtime {
 }
 
 #[test]
-fn put_get_overwrite_missing_delete() {
-    let st = store("basic", "");
-    assert_eq!(st.get("a/b/c.bin").unwrap(), None);
-    st.put("a/b/c.bin", b"one").unwrap();
-    assert_eq!(st.get("a/b/c.bin").unwrap().as_deref(), Some(&b"one"[..]));
-    st.put("a/b/c.bin", b"two!").unwrap();
-    assert_eq!(st.get("a/b/c.bin").unwrap().as_deref(), Some(&b"two!"[..]));
-    st.delete("a/b/c.bin").unwrap();
-    assert_eq!(st.get("a/b/c.bin").unwrap(), None);
-    // Deleting what is not there is fine.
-    st.delete("a/b/c.bin").unwrap();
-    st.delete("nothing/here").unwrap();
-    // Empty objects are objects.
-    st.put("empty", b"").unwrap();
-    assert_eq!(st.get("empty").unwrap(), Some(vec![]));
-    // Keys are checked before anything is sent.
-    for k in ["", "/abs", "a//b", "a/../b", "x.tmp-1-2", "dir/"] {
-        assert!(st.put(k, b"x").is_err(), "{k:?}");
-        assert!(st.get(k).is_err(), "{k:?}");
-    }
-    assert!(
-        st.describe().starts_with("s3://tm-basic-"),
-        "{}",
-        st.describe()
-    );
-}
-
-#[test]
 fn list_filters_sorts_and_respects_the_root_prefix() {
     let b = bucket("list");
     let whole = S3Storage::new(&format!("s3://{b}"), &opts()).unwrap();
@@ -220,54 +193,6 @@ fn list_filters_sorts_and_respects_the_root_prefix() {
     let many = run.list("many/").unwrap();
     assert_eq!(many.len(), 1100);
     assert!(many.windows(2).all(|w| w[0] < w[1]));
-}
-
-#[test]
-fn put_if_absent_creates_once() {
-    let st = store("pia", "root");
-    assert!(st.put_if_absent("manifests/1.json", b"first").unwrap());
-    assert!(!st.put_if_absent("manifests/1.json", b"second").unwrap());
-    assert_eq!(
-        st.get("manifests/1.json").unwrap().as_deref(),
-        Some(&b"first"[..])
-    );
-    assert_eq!(st.list("").unwrap(), vec!["manifests/1.json"]);
-    // After a delete the key can be created again.
-    st.delete("manifests/1.json").unwrap();
-    assert!(st.put_if_absent("manifests/1.json", b"third").unwrap());
-    assert_eq!(st.get("manifests/1.json").unwrap().unwrap(), b"third");
-}
-
-#[test]
-fn put_if_absent_race_has_exactly_one_winner() {
-    let st = Arc::new(store("race", ""));
-    for round in 0..5 {
-        let key = format!("manifests/{round:020}.json");
-        let n = 8;
-        let barrier = Arc::new(Barrier::new(n));
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                let st = st.clone();
-                let barrier = barrier.clone();
-                let key = key.clone();
-                std::thread::spawn(move || {
-                    let payload = format!("writer {i} {}", "x".repeat(i * 1000));
-                    barrier.wait();
-                    let won = st.put_if_absent(&key, payload.as_bytes()).unwrap();
-                    (won, payload)
-                })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let winners: Vec<_> = results.iter().filter(|(won, _)| *won).collect();
-        assert_eq!(winners.len(), 1, "round {round}");
-        assert_eq!(
-            st.get(&key).unwrap().unwrap(),
-            winners[0].1.as_bytes(),
-            "the object holds exactly the winner's bytes"
-        );
-    }
-    assert_eq!(st.list("").unwrap().len(), 5);
 }
 
 #[test]

@@ -50,6 +50,10 @@ fn put_if_absent_creates_once(st: &dyn Storage) {
         Some(&b"first"[..])
     );
     assert_eq!(st.list("pia/").unwrap(), vec!["pia/1.json"]);
+    // After a delete the key can be created again.
+    st.delete("pia/1.json").unwrap();
+    assert!(st.put_if_absent("pia/1.json", b"third").unwrap());
+    assert_eq!(st.get("pia/1.json").unwrap().unwrap(), b"third");
     st.delete("pia/1.json").unwrap();
 }
 
