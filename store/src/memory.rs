@@ -67,22 +67,21 @@ impl MemoryStorage {
     /// The next `times` calls of `op` on keys starting with `prefix` (`""`:
     /// any key; for `List`, the prefix listed) do `fault`.
     pub fn inject(&self, op: Op, prefix: &str, fault: Fault, times: usize) {
-        self.state.lock().unwrap().rules.push(Rule {
-            op,
-            prefix: prefix.to_owned(),
-            fault,
-            left: Some(times),
-        });
+        self.rule(op, prefix, fault, Some(times));
     }
 
     /// Every call of `op` on keys starting with `prefix` does `fault` until
     /// [`heal`](Self::heal): an outage.
     pub fn outage(&self, op: Op, prefix: &str, fault: Fault) {
+        self.rule(op, prefix, fault, None);
+    }
+
+    fn rule(&self, op: Op, prefix: &str, fault: Fault, left: Option<usize>) {
         self.state.lock().unwrap().rules.push(Rule {
             op,
             prefix: prefix.to_owned(),
             fault,
-            left: None,
+            left,
         });
     }
 
@@ -137,13 +136,14 @@ impl MemoryStorage {
 
     /// Runs `op` on `key` under the fault rules: `f` is the effect.
     fn call<T>(&self, op: Op, key: &str, f: impl FnOnce(&mut State) -> T) -> Result<T> {
-        let what = format!("memory store {op:?} {key}");
         match self.fault(op, key) {
-            Some(Fault::Fail) => Err(StoreError::failed(anyhow!("{what}: injected failure"))),
+            Some(Fault::Fail) => Err(StoreError::failed(anyhow!(
+                "memory store {op:?} {key}: injected failure"
+            ))),
             Some(Fault::LoseResponse) => {
                 f(&mut self.state.lock().unwrap());
                 Err(StoreError::indeterminate(anyhow!(
-                    "{what}: injected lost response (the call took effect)"
+                    "memory store {op:?} {key}: injected lost response (the call took effect)"
                 )))
             }
             _ => Ok(f(&mut self.state.lock().unwrap())),

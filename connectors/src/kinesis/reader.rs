@@ -722,18 +722,7 @@ impl LogThrottle {
 mod tests {
     use super::*;
 
-    fn shard(partition: u32, parents: &[u32]) -> ShardInfo {
-        ShardInfo {
-            id: format!("shardId-{partition:012}"),
-            partition,
-            parents: parents.to_vec(),
-            starting_hash: 0,
-            ending_hash: u128::MAX,
-            starting_sequence: "1".into(),
-            ending_sequence: None,
-            closed: false,
-        }
-    }
+    use crate::kinesis::shards::tests::shard;
 
     #[test]
     fn readers_can_move_between_threads() {

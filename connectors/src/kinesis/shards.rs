@@ -248,10 +248,11 @@ impl ShardWatcher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn shard(partition: u32, parents: &[u32]) -> ShardInfo {
+    /// An open shard covering every hash key, for tests.
+    pub(crate) fn shard(partition: u32, parents: &[u32]) -> ShardInfo {
         ShardInfo {
             id: format!("shardId-{partition:012}"),
             partition,
