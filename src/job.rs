@@ -13,156 +13,24 @@ use tidemark_checkpoint::restore::restore_state;
 use tidemark_checkpoint::s3::S3Options;
 use tidemark_checkpoint::storage::{self, Storage};
 use tidemark_checkpoint::writer::{writer, WriterConfig};
-use tidemark_connectors::gen_source::{GenReader, MerchantsReader};
-use tidemark_connectors::generator::GenConfig;
-use tidemark_connectors::kafka::open_readers;
-use tidemark_connectors::merchants_gen::MerchantsConfig;
 use tidemark_dataflow::event::Tick;
 use tidemark_dataflow::job::{build, Restored};
 use tidemark_dataflow::params::Params;
 use tidemark_dataflow::source::{
-    source, source_of, Merchants, Meter, PartitionReader, PartitionStart, SourceConfig,
-    REFERENCE_BASE,
+    source, source_of, Merchants, Meter, SourceConfig, REFERENCE_BASE,
 };
 use timely::dataflow::operators::Probe;
 use timely::dataflow::ProbeHandle;
 
-use crate::inputs::Input;
-use crate::kafka_job::{offset_mirror, KafkaSource};
-use crate::kafka_sinks::{self, SinkTopics};
+use crate::kafka_job::offset_mirror;
 use crate::kinesis_job::ShardLog;
 use crate::progress::{Latency, Progress, Summary};
-use crate::{telemetry, upgrade};
+use crate::telemetry;
+use tidemark_connectors::adapters::SourceSpec;
 use tidemark_connectors::background::Background;
 use tidemark_connectors::kafka::KafkaSettings;
-use tidemark_connectors::kinesis_stream::StreamSource;
-
-pub enum SourceSpec {
-    Files(Vec<Input>),
-    Generator(GenConfig),
-    Kafka(KafkaSource),
-    /// Shards appear while running; all are read by process 0's workers.
-    Kinesis(Arc<StreamSource>),
-    /// The merchants reference table of the generator's merchants: one
-    /// partition (a reference source only).
-    Merchants(GenConfig),
-}
-
-impl SourceSpec {
-    fn partitions(&self) -> u32 {
-        match self {
-            SourceSpec::Files(f) => f.len() as u32,
-            SourceSpec::Generator(g) => g.partitions,
-            SourceSpec::Kafka(k) => k.parts.len() as u32,
-            SourceSpec::Kinesis(k) => k.describe().len() as u32,
-            SourceSpec::Merchants(_) => 1,
-        }
-    }
-
-    /// The partitions opened at start, given the committed ones.
-    fn plan(&self, committed: &[Position]) -> Vec<u32> {
-        match self {
-            SourceSpec::Kinesis(k) => k.plan(&committed.iter().map(|p| p.partition).collect()),
-            _ => (0..self.partitions()).collect(),
-        }
-    }
-
-    /// Where each partition ends, for sources that end at an offset.
-    fn ends(&self) -> Vec<Option<u64>> {
-        match self {
-            SourceSpec::Kafka(k) if k.parts.iter().any(|p| p.end.is_some()) => {
-                k.parts.iter().map(|p| p.end).collect()
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// A restart keeps the ends its first start fixed.
-    fn keep_ends(&mut self, ends: &[Option<u64>]) {
-        if let SourceSpec::Kafka(k) = self {
-            for (p, e) in k.parts.iter_mut().zip(ends) {
-                if e.is_some() {
-                    p.end = *e;
-                }
-            }
-        }
-    }
-
-    /// What each partition is, recorded in commits.
-    fn describe(&self) -> Vec<String> {
-        match self {
-            SourceSpec::Files(f) => f.iter().map(|i| format!("file:{}", i.name())).collect(),
-            SourceSpec::Generator(g) => (0..g.partitions)
-                .map(|p| format!("generator:{}/{p}", g.seed))
-                .collect(),
-            SourceSpec::Kafka(k) => k.describe(),
-            SourceSpec::Kinesis(k) => k.describe(),
-            SourceSpec::Merchants(g) => vec![format!("generator-merchants:{}", g.seed)],
-        }
-    }
-
-    /// Opens the partitions `mine` of one worker, each at its committed
-    /// position (`None`: never committed, start where the source says).
-    fn open_worker(
-        &self,
-        mine: &[(u32, Option<&Position>)],
-    ) -> Result<Vec<(PartitionStart, Box<dyn PartitionReader>)>> {
-        let start = |p: u32, pos: Option<&Position>, offset: u64| PartitionStart {
-            partition: p,
-            offset,
-            max_ts: pos.and_then(|x| x.max_ts),
-            token: pos.and_then(|x| x.token.clone()),
-        };
-        match self {
-            SourceSpec::Kafka(k) => {
-                // One consumer per worker for all its partitions.
-                let parts: Vec<_> = mine
-                    .iter()
-                    .map(|&(p, pos)| {
-                        let mut kp = k.parts[p as usize].clone();
-                        kp.checkpoint = pos.map(|x| x.offset);
-                        kp
-                    })
-                    .collect();
-                let readers = open_readers(&k.settings, &parts)?;
-                Ok(mine
-                    .iter()
-                    .zip(readers)
-                    .map(|(&(p, pos), r)| {
-                        let s = start(p, pos, r.start_offset());
-                        (s, Box::new(r) as Box<dyn PartitionReader>)
-                    })
-                    .collect())
-            }
-            SourceSpec::Kinesis(k) => mine
-                .iter()
-                .map(|&(p, pos)| {
-                    let (offset, token) = pos.map_or((0, None), |x| (x.offset, x.token.clone()));
-                    let reader = k.open(p, (offset, token))?;
-                    Ok((start(p, pos, reader.next_offset()), Box::new(reader) as _))
-                })
-                .collect(),
-            _ => mine
-                .iter()
-                .map(|&(p, pos)| {
-                    let offset = pos.map_or(0, |x| x.offset);
-                    let reader: Box<dyn PartitionReader> = match self {
-                        SourceSpec::Files(f) => Box::new(f[p as usize].open(offset)?),
-                        SourceSpec::Generator(g) => Box::new(GenReader::open(g, p, offset)),
-                        SourceSpec::Merchants(g) => Box::new(MerchantsReader::open(
-                            g,
-                            &MerchantsConfig::default(),
-                            offset,
-                        )),
-                        SourceSpec::Kafka(_) | SourceSpec::Kinesis(_) => unreachable!(),
-                    };
-                    Ok((start(p, pos, offset), reader))
-                })
-                .collect::<Result<Vec<_>>>()
-                .map_err(|e: anyhow::Error| e.context("opening the input partitions")),
-        }
-    }
-}
+use tidemark_protocol::resume;
+use tidemark_sinks::SinkTopics;
 
 /// The merchants reference table (SPEC 9): a source of its own.
 pub struct ReferenceSpec {
@@ -202,108 +70,38 @@ fn fingerprint(p: &Params) -> String {
     manifest::sha256_hex(&serde_json::to_vec(&p).expect("params encode"))
 }
 
-/// Refuses a restore that would mix two computations in one output: other
-/// parameters or other inputs than the commit was made with. Keeps the
-/// bounded ends the first start fixed.
-/// Returns the operators whose restored state is dropped (only with
+/// Checks a resume against the commit (`protocol::resume`) and applies the
+/// plan: the bounded ends the first start fixed are kept. Returns the
+/// operators whose restored state is dropped (only with
 /// `allow_config_change`).
-fn check_resume(
-    m: &Manifest,
-    spec: &mut JobSpec,
-    fp: &str,
-    st: &dyn Storage,
-) -> Result<Vec<String>> {
-    let stale = check_params(m, spec, fp, st)?;
+fn check_resume(m: &Manifest, spec: &mut JobSpec, fp: &str, root: &str) -> Result<Vec<String>> {
+    let params = spec.params.recorded();
+    let inputs = spec.source.describe();
+    let reference_inputs = spec.reference.as_ref().map(|r| r.source.describe());
     let names = spec.names();
-    let is_main = |p: &&Position| names.dataflow_partition(p) < REFERENCE_BASE;
-    let now = spec.source.describe();
-    if let Some(p) = m.job.positions.iter().filter(is_main).find(|p| {
-        m.job
-            .inputs
-            .get(p.partition as usize)
-            .is_some_and(|was| now.get(p.partition as usize) != Some(was))
-    }) {
-        bail!(
-            "the inputs changed since epoch {} was committed to {}: partition {} was {}, now {}; \
-             resume with the same inputs (the same files, or the same topics in the same order), or write to a new output root",
-            m.epoch,
-            st.describe(),
-            p.partition,
-            m.job.inputs[p.partition as usize],
-            now.get(p.partition as usize).map_or("missing", |s| s.as_str())
-        );
+    let plan = resume::plan(
+        m,
+        &resume::Job {
+            root,
+            params: &params,
+            fingerprint: fp,
+            allow_config_change: spec.allow_config_change,
+            reference_name: &names.reference,
+            inputs: &inputs,
+            // Kinesis positions name shards, some of which may be trimmed away.
+            partitions: (!matches!(spec.source, SourceSpec::Kinesis(_)))
+                .then(|| spec.source.partitions()),
+            reference_inputs: reference_inputs.as_deref(),
+        },
+    )?;
+    if !plan.changes.is_empty() {
+        tracing::warn!(changes = %plan.changes.join("; "), dropped = ?plan.stale, "restoring under a changed configuration");
     }
+    spec.source.keep_ends(&plan.ends);
     if let Some(r) = &mut spec.reference {
-        let now = r.source.describe();
-        if let Some(p) = m.job.positions.iter().filter(|p| !is_main(p)).find(|p| {
-            m.job
-                .reference_inputs
-                .get(p.partition as usize)
-                .is_some_and(|was| now.get(p.partition as usize) != Some(was))
-        }) {
-            bail!(
-                "the reference input changed since epoch {} was committed to {}: partition {} was {}, now {}; \
-                 resume with the same reference input, or write to a new output root",
-                m.epoch,
-                st.describe(),
-                p.partition,
-                m.job.reference_inputs[p.partition as usize],
-                now.get(p.partition as usize).map_or("missing", |s| s.as_str())
-            );
-        }
-        r.source.keep_ends(&m.job.reference_ends);
+        r.source.keep_ends(&plan.reference_ends);
     }
-    spec.source.keep_ends(&m.job.ends);
-    let positions = m.job.positions.iter().filter(is_main).count() as u32;
-    // Kinesis positions name shards, some of which may be trimmed away.
-    if !matches!(spec.source, SourceSpec::Kinesis(_)) && positions > spec.source.partitions() {
-        bail!(
-            "epoch {} has positions for {positions} partitions but the input has {}: resume with the same inputs",
-            m.epoch,
-            spec.source.partitions()
-        );
-    }
-    Ok(stale)
-}
-
-/// Refuses parameters other than the commit's, naming the differences,
-/// unless the operator allowed it; then names the operators to start empty.
-fn check_params(m: &Manifest, spec: &JobSpec, fp: &str, st: &dyn Storage) -> Result<Vec<String>> {
-    let now = upgrade::recorded(&spec.params);
-    let changes = match &m.job.params {
-        Some(old) => upgrade::differences(old, &now),
-        // Older commits record only the fingerprint.
-        None if !m.job.params_fingerprint.is_empty() && m.job.params_fingerprint != fp => {
-            vec!["(this commit records only a fingerprint of its configuration)".to_string()]
-        }
-        None => Vec::new(),
-    };
-    if changes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let listed = changes.join("; ");
-    if !spec.allow_config_change {
-        bail!(
-            "the configuration that shapes state and outputs changed since epoch {} was committed to {}: {listed}. \
-             Restore with the same configuration, write to a new output root, or pass --allow-config-change to keep the state that still applies (the changed operators start empty)",
-            m.epoch,
-            st.describe()
-        );
-    }
-    let Some(old) = &m.job.params else {
-        bail!(
-            "--allow-config-change: epoch {} does not record its configuration, so which state still applies is unknown; write to a new output root",
-            m.epoch
-        );
-    };
-    let stale = upgrade::stale_operators(old, &spec.params).map_err(|why| {
-        anyhow::anyhow!(
-            "--allow-config-change cannot restore epoch {}: {why}; write to a new output root",
-            m.epoch
-        )
-    })?;
-    tracing::warn!(changes = %listed, dropped = ?stale, "restoring under a changed configuration");
-    Ok(stale)
+    Ok(plan.stale)
 }
 
 impl JobSpec {
@@ -332,15 +130,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         // Starting over is right only when the whole history was damaged;
         // when retention removed older commits, their epochs stay published
         // and a fresh start would compute them a second time.
-        if let Some(&first) = commit_log::list(&*st)?.first() {
-            if first > 1 {
-                bail!(
-                    "none of the retained commits in {} verifies (commits {first} and later; older ones were removed by checkpoint.retain), \
-                     so the job cannot resume; `tidemark verify` lists the damage. Repair the files, or write to a new output root",
-                    st.describe()
-                );
-            }
-        }
+        resume::fresh_start(&st.describe(), commit_log::list(&*st)?.first().copied())?;
     }
     let resume = found.newest.clone();
     let committed_generation = resume.as_ref().map_or(0, |m| m.job.generation);
@@ -351,7 +141,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     )?;
     let fp = fingerprint(&spec.params);
     let stale = match &resume {
-        Some(m) => check_resume(m, &mut spec, &fp, &*st)?,
+        Some(m) => check_resume(m, &mut spec, &fp, &st.describe())?,
         None => Vec::new(),
     };
     if process == 0 {
@@ -382,7 +172,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     };
     let sinks = match (&spec.sinks, process) {
         (Some((settings, topics)), 0) => {
-            Some(kafka_sinks::start(st.clone(), settings, topics.clone())?)
+            Some(tidemark_sinks::start(st.clone(), settings, topics.clone())?)
         }
         _ => None,
     };
@@ -490,11 +280,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     let latency = shared.latency.lock().unwrap().clone();
     // Only a job that follows a live source has a meaningful figure: in a
     // bounded replay event time is history, not wall time.
-    let following = match &shared.spec.source {
-        SourceSpec::Kafka(k) => k.parts.iter().any(|p| p.end.is_none()),
-        SourceSpec::Kinesis(k) => !k.bounded(),
-        _ => false,
-    };
+    let following = shared.spec.source.following();
     let beyond_watermark = following.then(|| shared.beyond_watermark.lock().unwrap().clone());
     let restored = shared
         .resume
@@ -783,7 +569,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                 tick_ms: params.tick_ms,
                 interval_ms: params.checkpoint_interval_ms,
                 params_fingerprint: sh.fingerprint.clone(),
-                params: Some(upgrade::recorded(&sh.spec.params)),
+                params: Some(sh.spec.params.recorded()),
                 previous_epoch: sh.resume.as_ref().map(|m| m.epoch),
                 previous_seq: sh.resume.as_ref().map_or(0, |m| m.job.seq),
                 previous_positions: sh.positions.iter().map(|(_, p)| p.clone()).collect(),

@@ -2,15 +2,12 @@
 
 mod cluster;
 mod config;
-mod inputs;
 mod inspect;
 mod job;
 mod kafka_job;
-mod kafka_sinks;
 mod progress;
 mod shutdown;
 mod telemetry;
-mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,9 +17,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::ClusterArgs;
 use crate::config::{Config, ReferenceKind, SourceKind};
-use crate::job::{JobSpec, ReferenceSpec, SourceSpec};
+use crate::job::{JobSpec, ReferenceSpec};
 use crate::kafka_job::KafkaSource;
 use tidemark_connectors::adapters::kinesis as kinesis_job;
+use tidemark_connectors::adapters::SourceSpec;
 use tidemark_connectors::kafka::KafkaSettings;
 use tidemark_connectors::kinesis_stream::StreamSource;
 
@@ -247,7 +245,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     SourceSpec::Generator(g)
                 }
                 SourceKind::Files => SourceSpec::Files(
-                    inputs::expand(&cfg.source.paths, &cfg.s3_options()).context("source.paths")?,
+                    tidemark_connectors::adapters::files::expand(
+                        &cfg.source.paths,
+                        &cfg.s3_options(),
+                    )
+                    .context("source.paths")?,
                 ),
                 SourceKind::Kinesis => {
                     let k = &cfg.kinesis;
@@ -325,7 +327,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         Some(&end),
                     )?)
                 }
-                (None, None) => SourceSpec::Files(inputs::expand(&a.input, &cfg.s3_options())?),
+                (None, None) => SourceSpec::Files(tidemark_connectors::adapters::files::expand(
+                    &a.input,
+                    &cfg.s3_options(),
+                )?),
             };
             let files = (!a.reference.is_empty()).then_some(&a.reference[..]);
             let reference = reference_spec(&cfg, &source, true, files)?;
@@ -408,11 +413,11 @@ fn reference_spec(
     let r = &cfg.reference;
     let spec = match (files, r.kind) {
         (Some(paths), _) => SourceSpec::Files(
-            inputs::expand(paths, &cfg.s3_options()).context("--reference")?,
+            tidemark_connectors::adapters::files::expand(paths, &cfg.s3_options()).context("--reference")?,
         ),
         (None, ReferenceKind::None) => return Ok(None),
         (None, ReferenceKind::Files) => SourceSpec::Files(
-            inputs::expand(&r.paths, &cfg.s3_options()).context("reference.paths")?,
+            tidemark_connectors::adapters::files::expand(&r.paths, &cfg.s3_options()).context("reference.paths")?,
         ),
         (None, ReferenceKind::Kafka) => {
             let topics = [r.topic.clone()];
@@ -468,7 +473,7 @@ fn run(
     let sinks = (k.alerts_topic.is_some() || k.dead_letter_topic.is_some()).then(|| {
         (
             kafka_settings(k, brokers),
-            kafka_sinks::SinkTopics {
+            tidemark_sinks::SinkTopics {
                 alerts: k.alerts_topic.clone(),
                 dead_letters: k.dead_letter_topic.clone(),
             },

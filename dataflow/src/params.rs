@@ -146,3 +146,55 @@ impl Default for Params {
         }
     }
 }
+
+impl Params {
+    /// The parameters as commits record them, for comparing a restart's
+    /// with a commit's. The idle timeout decides when, not what, so it may
+    /// change freely and is left out; the window detector names the spec it
+    /// watches instead of its position in the list.
+    pub fn recorded(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("params encode");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("idle_timeout_ms");
+        }
+        if let Some(z) = v["window_z"].as_object_mut() {
+            z.remove("spec");
+            let watched = self.windows.get(self.window_z.spec).map(|w| w.name.clone());
+            z.insert("window".into(), watched.unwrap_or_default().into());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_form_names_the_watched_window_and_leaves_out_timing() {
+        let p = Params::default();
+        let v = p.recorded();
+        assert!(v.get("idle_timeout_ms").is_none());
+        assert!(v["window_z"].get("spec").is_none());
+        assert_eq!(v["window_z"]["window"], p.windows[p.window_z.spec].name);
+        // Reordering the specs (and pointing the detector at the same one)
+        // records the same window set and the same watched window.
+        let mut q = p.clone();
+        q.windows.reverse();
+        q.window_z.spec = q.windows.len() - 1 - p.window_z.spec;
+        q.idle_timeout_ms += 1;
+        let w = q.recorded();
+        assert_eq!(w["window_z"], v["window_z"]);
+        let names = |v: &serde_json::Value| {
+            let mut n: Vec<String> = v["windows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.to_string())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&w), names(&v));
+    }
+}

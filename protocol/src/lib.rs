@@ -12,8 +12,12 @@
 //! - [`verify`]: whether a manifest's files are all there, intact.
 //! - [`recovery`]: which commit a starting job restores, and which newer
 //!   ones it quarantines.
+//! - [`resume`]: whether a starting job may resume from a commit (the
+//!   plan), or a typed refusal naming what changed.
 //! - [`retention`]: which old commits and state snapshots to delete, in
 //!   which order.
+//! - [`sinks`]: which committed epochs the Kafka sinks publish, under
+//!   which keys.
 //! - [`gc`]: which files are garbage of crashed runs.
 
 pub mod epoch;
@@ -21,5 +25,7 @@ pub mod gc;
 pub mod keys;
 pub mod manifest;
 pub mod recovery;
+pub mod resume;
 pub mod retention;
+pub mod sinks;
 pub mod verify;

@@ -2,29 +2,23 @@
 //! glob patterns (`data/*.jsonl`, `s3://bucket/prefix/*.jsonl.gz`). Each
 //! input is one partition; partitions are numbered local files first (in
 //! path order), then objects (in URL order), so a checkpoint's positions
-//! stay valid across restarts over the same inputs. Listing and reading
-//! objects is the caller's ([`ObjectStore`]): this crate has no object
-//! storage of its own.
+//! stay valid across restarts over the same inputs. Objects are listed and
+//! read through the store crate's S3 backend.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use tidemark_store::s3::{S3Options, S3Storage};
+use tidemark_store::Storage;
 
 use crate::file::{expand_inputs, FileReader};
-
-/// A place objects are read from (an S3 bucket and prefix).
-pub trait ObjectStore: Send + Sync {
-    /// The object's URL, for names and messages.
-    fn url(&self, key: &str) -> String;
-    fn open_read(&self, key: &str) -> Result<Box<dyn Read + Send>>;
-}
 
 pub enum Input {
     Local(PathBuf),
     Object {
-        store: Arc<dyn ObjectStore>,
+        store: Arc<dyn Storage>,
         key: String,
     },
 }
@@ -46,7 +40,7 @@ impl Input {
             Input::Local(p) => FileReader::open(p, offset),
             Input::Object { store, key } => {
                 let url = store.url(key);
-                let raw = store
+                let raw: Box<dyn Read + Send> = store
                     .open_read(key)
                     .with_context(|| format!("opening {url}"))?;
                 FileReader::from_read(&url, raw, offset)
@@ -56,12 +50,7 @@ impl Input {
 }
 
 /// Expands every pattern; a pattern that matches nothing is an error.
-/// `s3://` patterns go to `expand_remote`, which returns the matching
-/// objects as (store, key) pairs.
-pub fn expand(
-    patterns: &[String],
-    mut expand_remote: impl FnMut(&str) -> Result<Vec<(Arc<dyn ObjectStore>, String)>>,
-) -> Result<Vec<Input>> {
+pub fn expand(patterns: &[String], s3: &S3Options) -> Result<Vec<Input>> {
     let (remote, local): (Vec<String>, Vec<String>) = patterns
         .iter()
         .cloned()
@@ -76,7 +65,7 @@ pub fn expand(
     };
     let mut objects: Vec<(String, Input)> = Vec::new();
     for p in &remote {
-        for (store, key) in expand_remote(p)? {
+        for (store, key) in expand_s3(p, s3)? {
             objects.push((store.url(&key), Input::Object { store, key }));
         }
     }
@@ -84,4 +73,38 @@ pub fn expand(
     objects.dedup_by(|a, b| a.0 == b.0);
     inputs.extend(objects.into_iter().map(|(_, i)| i));
     Ok(inputs)
+}
+
+/// `s3://bucket/dir/pattern` → the matching objects, each as (a store rooted
+/// at `dir/`, its key under it). `*` and `?` do not cross `/`; `**` does.
+fn expand_s3(url: &str, s3: &S3Options) -> Result<Vec<(Arc<dyn Storage>, String)>> {
+    let rest = url.strip_prefix("s3://").expect("an s3:// URL");
+    let Some((bucket, path)) = rest.split_once('/') else {
+        bail!("input {url:?} names a bucket but no objects: use s3://bucket/prefix/*.jsonl.gz");
+    };
+    let glob_at = path.find(['*', '?', '[']).unwrap_or(path.len());
+    let dir_end = path[..glob_at].rfind('/').map_or(0, |i| i + 1);
+    let (dir, pattern) = path.split_at(dir_end);
+    if pattern.is_empty() {
+        bail!("input {url:?} ends in '/': name objects, e.g. {url}*.jsonl");
+    }
+    let store: Arc<dyn Storage> = Arc::new(S3Storage::new(&format!("s3://{bucket}/{dir}"), s3)?);
+    let matcher = glob::Pattern::new(pattern)
+        .with_context(|| format!("bad glob pattern in input {url:?}"))?;
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    // Only the part before the first wildcard narrows the listing.
+    let literal = &pattern[..pattern.find(['*', '?', '[']).unwrap_or(pattern.len())];
+    let keys: Vec<String> = store
+        .list(literal)
+        .with_context(|| format!("listing input {url:?}"))?
+        .into_iter()
+        .filter(|k| matcher.matches_with(k, options))
+        .collect();
+    if keys.is_empty() {
+        bail!("input {url:?} matches no object in {}", store.describe());
+    }
+    Ok(keys.into_iter().map(|k| (store.clone(), k)).collect())
 }

@@ -4,7 +4,11 @@
 //! Kinesis shard logs, lag figures) runs here; the readers themselves are in
 //! [`crate::kafka`], [`crate::kinesis`] and [`crate::file`]. What the job
 //! does with figures (gauges, checkpoint positions) stays with the caller.
+//! [`SourceSpec`] is every source as one type the job opens per worker.
 
 pub mod files;
 pub mod kafka;
 pub mod kinesis;
+pub mod spec;
+
+pub use spec::SourceSpec;
