@@ -2,12 +2,14 @@
 //! every worker, run it to completion, and report.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use tidemark_checkpoint::commit_log;
-use tidemark_checkpoint::committer::{committer, CommitStatus, CommitterConfig};
+use tidemark_checkpoint::committer::{
+    committer, CommitFailure, CommitHandle, CommitStatus, CommitterConfig, Retry,
+};
 use tidemark_checkpoint::manifest::{self, Manifest, Position, SourceNames};
 use tidemark_checkpoint::restore::restore_state;
 use tidemark_checkpoint::s3::S3Options;
@@ -215,6 +217,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         fingerprint: fp,
         meter,
         status: Arc::new(Mutex::new(CommitStatus::default())),
+        committer: OnceLock::new(),
         latency: Arc::new(Mutex::new(Latency::new())),
         beyond_watermark: Mutex::new(Latency::new()),
         restored: Mutex::new((0, Duration::ZERO)),
@@ -239,11 +242,42 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     })
     .map_err(|e| anyhow::anyhow!("starting the timely cluster: {e}"))?;
     let mut failed = Vec::new();
-    for r in guards.join() {
+    let mut commit_failure = None;
+    let mut results = Vec::new();
+    if shared.processes > 1 && process == 0 {
+        // A failed commit stops this process's workers, but the other
+        // processes' workers wait for them, and joining the connections to
+        // those processes would wait for them forever. So once the workers
+        // here are done after a failed commit, the connections are left to
+        // the process's exit, which ends the peers as it always did.
+        while !guards.guards().iter().all(|g| g.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match shared.committer.get().and_then(CommitHandle::failure) {
+            Some(f) => {
+                commit_failure = Some(f.into());
+                std::mem::forget(guards);
+            }
+            None => results = guards.join(),
+        }
+    } else {
+        results = guards.join();
+    }
+    for r in results {
         match r {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is::<CommitFailure>() => {
+                commit_failure.get_or_insert(e);
+            }
             Ok(Err(e)) => failed.push(format!("{e:#}")),
             Err(e) => failed.push(e),
+        }
+    }
+    // Worker 0 waited for its commits; should it have failed before it got
+    // there, this waits for them now.
+    if let Some(c) = shared.committer.get() {
+        if let Err(f) = c.finish() {
+            commit_failure.get_or_insert(f.into());
         }
     }
     progress.stop();
@@ -261,6 +295,11 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     }
     if let Some(s) = &shared.sinks {
         s.finish(Duration::from_secs(60));
+    }
+    // A commit that could not be made is the job's error, typed, for
+    // `main` to give its exit code.
+    if let Some(e) = commit_failure {
+        return Err(e);
     }
     if !failed.is_empty() {
         bail!("worker failed: {}", failed.join("; "));
@@ -338,6 +377,10 @@ struct Shared {
     inputs: Vec<String>,
     meter: Arc<Meter>,
     status: Arc<Mutex<CommitStatus>>,
+    /// The committer thread (set by worker 0 of process 0 when it builds
+    /// the dataflow): every worker of the process watches it for a failed
+    /// commit, and worker 0 waits for it at the end of the run.
+    committer: OnceLock<CommitHandle>,
     latency: Arc<Mutex<Latency>>,
     /// See [`Summary::beyond_watermark`]; kept by each process's first worker.
     beyond_watermark: Mutex<Latency>,
@@ -558,7 +601,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
         let latency = sh.latency.clone();
         let sh2 = sh.clone();
         let tick_ms = params.tick_ms;
-        committer(
+        let handle = committer(
             reports,
             streams.positions.clone(),
             streams.markers.clone(),
@@ -586,6 +629,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                     .reference
                     .as_ref()
                     .map_or_else(Vec::new, |r| r.source.ends()),
+                retry: Retry::default(),
             },
             sh.status.clone(),
             Box::new(move |m: &Manifest, took: Duration| {
@@ -628,6 +672,11 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                 }
             }),
         );
+        if let Some(h) = handle {
+            if sh.committer.set(h).is_err() {
+                unreachable!("one committer per process");
+            }
+        }
     });
     if sh.resume.is_some() {
         // Reading and decoding the state files, and loading every
@@ -645,6 +694,7 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
     let keeper = index.is_multiple_of(per_process);
     let mut frontier = Tick::MIN;
     let delay = metrics::histogram!("tidemark_frontier_delay_seconds");
+    let commit_failed = || sh.committer.get().is_some_and(CommitHandle::failed);
     while worker.step_or_park(Some(Duration::from_millis(5))) {
         let nothing_read = || {
             sh.meter.records.load(Ordering::Relaxed) == 0
@@ -652,9 +702,11 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
         };
         if sh.stopped.load(Ordering::Relaxed)
             || (sh.spec.stop.load(Ordering::Relaxed) && nothing_read())
+            || commit_failed()
         {
-            // Stopped after a commit (or before reading anything): the
-            // dataflow is dropped unfinished, so open windows are not flushed.
+            // Stopped after a commit (or before reading anything), or a
+            // commit failed: the dataflow is dropped unfinished, so open
+            // windows are not flushed.
             for id in worker.installed_dataflows() {
                 worker.drop_dataflow(id);
             }
@@ -693,6 +745,15 @@ fn run_worker(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Result<(
                     q.pop_front();
                 }
             }
+        }
+    }
+    if let Some(c) = sh.committer.get() {
+        if index == 0 {
+            // The dataflow is complete (or dropped) but the last epochs may
+            // still be committing: the run ends when they are committed.
+            c.finish()?;
+        } else if let Some(f) = c.failure() {
+            return Err(f.into());
         }
     }
     Ok(())

@@ -383,6 +383,88 @@ fn two_jobs_on_one_root_exactly_one_commits() {
     assert_same(&expected, &read_committed(&out));
 }
 
+/// A commit another job made first stops this one with exit code 3 and the
+/// line `error: <root>: commit N (epoch E) was already made by another
+/// job…`: the committer's typed failure, mapped by `main`. In a cluster,
+/// process 0 leaves without waiting for its peers (which then fail on the
+/// lost connection) instead of hanging.
+#[test]
+fn a_commit_taken_by_another_job_exits_3_naming_it_alone_and_in_a_cluster() {
+    use tidemark_checkpoint::commit_log::{list, log_key};
+    let tmp = common::tempdir();
+    let input = common::generate(&tmp.join("in"), 60_000, 4, 17, 5000);
+    let config = write_config(&tmp, FAST_COMMITS);
+    for processes in [1usize, 2] {
+        let out = tmp.join(format!("out-{processes}"));
+        let hostfile = common::hostfile(&tmp, processes);
+        let mut jobs: Vec<Child> = (0..processes)
+            .map(|p| {
+                let (n, p) = (processes.to_string(), p.to_string());
+                let mut extra = vec!["-w", "1", "--rate", "20000"];
+                if processes > 1 {
+                    extra.extend(["-n", &n, "-p", &p, "-h", hostfile.to_str().unwrap()]);
+                }
+                replay_cmd(&input, &out, &config, &extra).spawn().unwrap()
+            })
+            .collect();
+        // Once the job has committed, another claims the next log position.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let claimed = loop {
+            assert!(std::time::Instant::now() < deadline, "no commit");
+            assert!(
+                jobs[0].try_wait().unwrap().is_none(),
+                "finished before the first commit: throttle it more"
+            );
+            let st = tidemark_checkpoint::storage::LocalStorage::new(&out).unwrap();
+            if let Some(&newest) = list(&st).unwrap().last() {
+                let mut seq = newest + 1;
+                while !st.put_if_absent(&log_key(seq), b"another job").unwrap() {
+                    seq += 1;
+                }
+                break (seq, st.describe());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        for (i, mut job) in jobs.into_iter().enumerate() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while job.try_wait().unwrap().is_none() {
+                if std::time::Instant::now() > deadline {
+                    job.kill().unwrap();
+                    panic!("process {i} of {processes} did not end after the conflict");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let o = job.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            if i > 0 {
+                assert!(!o.status.success(), "process {i}: {err}");
+                continue;
+            }
+            assert_eq!(o.status.code(), Some(3), "{err}");
+            let (seq, root) = &claimed;
+            let last = err.lines().last().unwrap_or("");
+            assert!(
+                last.starts_with(&format!("error: {root}: commit {seq} (epoch "))
+                    && last.ends_with(
+                        "was already made by another job writing to the same output root: \
+                         two jobs are using one output root; this one stops without committing"
+                    ),
+                "{err}"
+            );
+        }
+        // What was committed before the conflict stays verifiable.
+        let st = tidemark_checkpoint::storage::LocalStorage::new(&out).unwrap();
+        assert!(tidemark_checkpoint::manifest::list_manifests(&st)
+            .unwrap()
+            .iter()
+            .all(|e| tidemark_checkpoint::manifest::verify(
+                &st,
+                &tidemark_checkpoint::manifest::load(&st, *e).unwrap()
+            )
+            .is_empty()));
+    }
+}
+
 #[test]
 fn retention_keeps_the_newest_three_commits_and_every_output() {
     let tmp = common::tempdir();
