@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use tidemark_dataflow::event::owner_of_group;
-use tidemark_dataflow::job::Restored;
+use tidemark_dataflow::graph::Restored;
 
 use crate::manifest::Manifest;
 use crate::state_file;

@@ -14,7 +14,7 @@ use timely::dataflow::operators::CapabilitySet;
 use timely::dataflow::StreamVec;
 
 use tidemark_dataflow::event::{Anomaly, Reject, Tick, Txn, WindowRow};
-use tidemark_dataflow::job::JobStreams;
+use tidemark_dataflow::graph::JobStreams;
 use tidemark_dataflow::params::Params;
 use tidemark_dataflow::stateful::{Marker, Report};
 

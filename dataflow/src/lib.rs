@@ -21,12 +21,12 @@
 //! * [`window`]: event-time windows (SPEC 6).
 //! * [`zscore`]: anomaly z-scores (SPEC 7).
 //! * [`ticker`]: commit boundaries, decided once and told to every worker.
-//! * [`job`]: the whole computation wired, source streams in, outputs out.
+//! * [`graph`]: the whole computation wired, source streams in, outputs out.
 
 pub mod dedup;
 pub mod enrich;
 pub mod event;
-pub mod job;
+pub mod graph;
 pub mod params;
 pub mod record;
 pub mod rfc3339;
