@@ -85,7 +85,6 @@ pub fn timely_config(args: &ClusterArgs, file: &ClusterSection) -> Result<timely
     })
 }
 
-/// Total workers and this process's index, from a timely configuration.
 /// The number of processes of the cluster.
 pub fn processes(cfg: &timely::Config) -> usize {
     match &cfg.communication {
@@ -94,6 +93,15 @@ pub fn processes(cfg: &timely::Config) -> usize {
     }
 }
 
+/// Each process's `host:port` (none for a single process).
+pub fn addresses(cfg: &timely::Config) -> Vec<String> {
+    match &cfg.communication {
+        CommunicationConfig::Cluster { addresses, .. } => addresses.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Total workers and this process's index, from a timely configuration.
 pub fn shape(cfg: &timely::Config) -> (usize, usize) {
     match &cfg.communication {
         CommunicationConfig::Thread => (1, 0),

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod config;
+mod exit;
 mod inspect;
 mod job;
 mod kafka_job;
@@ -19,7 +20,6 @@ use crate::cluster::ClusterArgs;
 use crate::config::{Config, ReferenceKind, SourceKind};
 use crate::job::{JobSpec, ReferenceSpec};
 use crate::kafka_job::KafkaSource;
-use tidemark_checkpoint::committer::CommitFailure;
 use tidemark_connectors::adapters::kinesis as kinesis_job;
 use tidemark_connectors::adapters::SourceSpec;
 use tidemark_connectors::kafka::KafkaSettings;
@@ -206,34 +206,14 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    // A panicking worker would leave its peers waiting forever: report the
-    // panic and end the process, so a supervisor (or test) sees the failure
-    // and the next start resumes from the last committed epoch.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        std::process::exit(101);
-    }));
+    exit::install_panic_hook();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            exit_code(&e)
+            exit::code_of(&e)
         }
-    }
-}
-
-/// The exit code of a command that failed: 3 when a commit could not be
-/// made (another job owns the output root, or storage kept failing), so a
-/// supervisor can tell it apart; 2 for every other error. (`verify` exits 1
-/// on damage, a stop that times out 1, a second signal 128 + signal, a
-/// panic 101.)
-fn exit_code(e: &anyhow::Error) -> ExitCode {
-    if e.chain().any(|c| c.is::<CommitFailure>()) {
-        ExitCode::from(3)
-    } else {
-        ExitCode::from(2)
     }
 }
 
@@ -526,48 +506,4 @@ fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use anyhow::Context;
-    use std::sync::Arc;
-
-    #[test]
-    fn a_failed_commit_exits_3_with_the_message_it_always_had() {
-        let conflict = CommitFailure::Conflict {
-            root: "local:/out".into(),
-            seq: 7,
-            epoch: 1_700_000_010_000,
-        };
-        let e = anyhow::Error::new(conflict.clone());
-        assert_eq!(exit_code(&e), ExitCode::from(3));
-        // What `main` prints: `error: <root>: <why>`, nothing added.
-        assert_eq!(
-            format!("error: {e:#}"),
-            "error: local:/out: commit 7 (epoch 1700000010000) was already made by another job \
-             writing to the same output root: two jobs are using one output root; this one \
-             stops without committing"
-        );
-        // Found anywhere in the chain.
-        let wrapped = Err::<(), _>(conflict)
-            .context("running the job")
-            .unwrap_err();
-        assert_eq!(exit_code(&wrapped), ExitCode::from(3));
-
-        let gave_up = anyhow::Error::new(CommitFailure::GaveUp {
-            root: "s3://b/p".into(),
-            epoch: 5000,
-            attempts: 5,
-            error: Arc::new(anyhow::anyhow!("timeout").context("PutObject _commits/x")),
-        });
-        assert_eq!(exit_code(&gave_up), ExitCode::from(3));
-        assert_eq!(
-            format!("error: {gave_up:#}"),
-            "error: s3://b/p: PutObject _commits/x: timeout"
-        );
-
-        assert_eq!(exit_code(&anyhow::anyhow!("bad config")), ExitCode::from(2));
-    }
 }

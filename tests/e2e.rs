@@ -389,7 +389,7 @@ fn two_jobs_on_one_root_exactly_one_commits() {
 /// process 0 leaves without waiting for its peers (which then fail on the
 /// lost connection) instead of hanging.
 #[test]
-fn a_commit_taken_by_another_job_exits_3_naming_it_alone_and_in_a_cluster() {
+fn a_commit_taken_by_another_job_exits_4_naming_it_alone_and_in_a_cluster() {
     use tidemark_checkpoint::commit_log::{list, log_key};
     let tmp = common::tempdir();
     let input = common::generate(&tmp.join("in"), 60_000, 4, 17, 5000);
@@ -437,10 +437,17 @@ fn a_commit_taken_by_another_job_exits_3_naming_it_alone_and_in_a_cluster() {
             let o = job.wait_with_output().unwrap();
             let err = String::from_utf8_lossy(&o.stderr);
             if i > 0 {
-                assert!(!o.status.success(), "process {i}: {err}");
+                // Process 0 left: the peers name it and exit with the
+                // lost-peer code, without a panic backtrace.
+                assert_eq!(o.status.code(), Some(6), "process {i}: {err}");
+                assert!(
+                    err.contains("error: process 0 (127.0.0.1:") && err.contains(" went away ("),
+                    "process {i}: {err}"
+                );
+                assert!(!err.contains("panicked"), "process {i}: {err}");
                 continue;
             }
-            assert_eq!(o.status.code(), Some(3), "{err}");
+            assert_eq!(o.status.code(), Some(4), "{err}");
             let (seq, root) = &claimed;
             let last = err.lines().last().unwrap_or("");
             assert!(

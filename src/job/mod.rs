@@ -85,6 +85,10 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         fingerprint,
         stale,
     } = start::open_root(&*st, &mut spec, process)?;
+    crate::exit::set_cluster(process, crate::cluster::addresses(&spec.timely));
+    if let Some(m) = &resume {
+        crate::exit::committed(m.epoch);
+    }
 
     let meter = Arc::new(Meter::default());
     let mirror = match (&spec.source, process) {

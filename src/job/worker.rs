@@ -252,6 +252,7 @@ fn committer_config(sh: &Shared) -> CommitterConfig {
 /// ingest-to-commit latency of every batch the epoch covers.
 fn after_commit(sh: &Shared, m: &Manifest, took: Duration) {
     metrics::record_commit(m, took);
+    crate::exit::committed(m.epoch);
     if sh.spec.stop.load(Ordering::Relaxed) {
         sh.stopped.store(true, Ordering::Relaxed);
     }
