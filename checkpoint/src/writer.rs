@@ -266,6 +266,11 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                 }
             });
             mark_in.for_each(|c, d| {
+                // `Leave` needs no capability: the workers drop the dataflow.
+                d.retain(|m| *m != Marker::Leave);
+                if d.is_empty() {
+                    return;
+                }
                 let cap = c.retain_least(0).expect("marker time");
                 let t = *cap.time();
                 caps.insert(cap);
@@ -273,6 +278,7 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                     match m {
                         Marker::Commit(b) => boundaries.push(b),
                         Marker::Final => final_at = Some(t),
+                        Marker::Leave => {}
                     }
                 }
             });

@@ -29,6 +29,9 @@ pub enum Marker {
     Commit(Tick),
     /// The input has ended: flush everything and snapshot what remains.
     Final,
+    /// A stop found nothing left to commit (quiet sources): every worker
+    /// leaves; operators keep their state unflushed, as for any stop.
+    Leave,
 }
 
 /// What stateful operators tell the checkpoint layer besides their rows.
@@ -136,6 +139,11 @@ where
                 }
             });
             marker_in.for_each(|cap, data| {
+                // `Leave` needs no capability: the workers drop the dataflow.
+                data.retain(|m| *m != Marker::Leave);
+                if data.is_empty() {
+                    return;
+                }
                 let t = *cap.least().expect("marker carries a time");
                 row_caps.insert(cap.delayed(&t, 0));
                 report_caps.insert(cap.delayed(&t, 1));
@@ -145,6 +153,7 @@ where
                             boundaries.insert(b);
                         }
                         Marker::Final => final_at = Some(t),
+                        Marker::Leave => {}
                     }
                 }
             });

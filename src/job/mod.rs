@@ -145,6 +145,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         beyond_watermark: Mutex::new(Latency::new()),
         restored: Mutex::new((0, Duration::ZERO)),
         stopped: AtomicBool::new(false),
+        left_quiet: AtomicBool::new(false),
         frontier_ms: Arc::new(AtomicI64::new(i64::MIN)),
         opened: AtomicUsize::new(0),
     });
@@ -169,7 +170,12 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     // The final values stay for a last scrape; the run's state goes.
     metrics::collect(&shared);
     telemetry::clear_collectors();
-    if shared.stopped.load(Ordering::Relaxed) {
+    if shared.left_quiet.load(Ordering::Relaxed) {
+        tracing::info!(
+            epoch = ?shared.status.lock().unwrap().last_epoch.or(shared.resume.as_ref().map(|m| m.epoch)),
+            "stopped on request: the sources were quiet and no boundary was coming, so nothing new was committed; a restart resumes from the last commit"
+        );
+    } else if shared.stopped.load(Ordering::Relaxed) {
         tracing::info!(
             epoch = ?shared.status.lock().unwrap().last_epoch,
             "stopped on request after a commit; a restart resumes from it"
@@ -328,8 +334,11 @@ struct Shared {
     beyond_watermark: Mutex<Latency>,
     /// State bytes restored (all workers) and the slowest worker's time.
     restored: Mutex<(u64, Duration)>,
-    /// A commit completed after the stop request: workers leave.
+    /// A commit completed after the stop request (or the stop found nothing
+    /// to commit): workers leave.
     stopped: AtomicBool,
+    /// The stop found the sources quiet and left at the last commit.
+    left_quiet: AtomicBool,
     /// The dataflow's output frontier, event-time ms (for metrics).
     frontier_ms: Arc<AtomicI64>,
     /// Workers of this process whose sources are open.

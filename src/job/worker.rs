@@ -19,7 +19,8 @@ use tidemark_dataflow::source::{
     source, source_of, Merchants, Meter, PartitionReader, PartitionStart, SourceConfig,
     REFERENCE_BASE,
 };
-use timely::dataflow::operators::Probe;
+use tidemark_dataflow::stateful::Marker;
+use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::ProbeHandle;
 
 use super::{metrics, Shared};
@@ -99,6 +100,14 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
             sh.spec.stop.clone(),
         );
         metrics::count_outputs(&streams, sh, index);
+        // A stop over quiet sources: nothing left to commit, every worker leaves.
+        let leaving = sh.clone();
+        streams.markers.clone().inspect(move |m| {
+            if *m == Marker::Leave {
+                leaving.left_quiet.store(true, Ordering::Relaxed);
+                leaving.stopped.store(true, Ordering::Relaxed);
+            }
+        });
         let reports = writer(
             &streams,
             WriterConfig {
