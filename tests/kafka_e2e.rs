@@ -4,8 +4,6 @@
 //! the broker; the group's committed offsets show the job's progress.
 
 mod common;
-#[path = "../connectors/tests/support/tansu.rs"]
-mod tansu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::committed::{assert_same, read_committed};
 use common::reference::Outputs;
-use tansu::Tansu;
+use tidemark_testkit::tansu::Tansu;
 use tidemark_connectors::kafka::{
     committed_offsets, high_watermarks, produce_lines, KafkaSettings,
 };

@@ -5,8 +5,6 @@
 //! from the producer's own log of what it put, shard by shard.
 
 mod common;
-#[path = "../connectors/tests/support/kinesalite.rs"]
-mod kinesalite;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::committed::{assert_same, read_committed};
 use common::reference::{compute_lineage, Outputs, RefParams};
-use kinesalite::Kinesalite;
+use tidemark_testkit::kinesalite::Kinesalite;
 use tidemark_connectors::kinesis::{
     cmp_sequence, create_stream, discover_shards, merge_shards, put_lines_batched, put_record,
     split_shard, wait_stream_active, KinesisClient, KinesisSettings, ShardInfo,

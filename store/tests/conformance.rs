@@ -2,8 +2,9 @@
 //! backend: local disk, memory, and S3 through a real S3 API server (moto,
 //! started on loopback; without it this test fails, it never skips).
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use tidemark_store::{conformance, LocalStorage, MemoryStorage, S3Options, S3Storage, TempDir};
+use tidemark_testkit::launch::dummy_aws_credentials;
 use tidemark_testkit::moto;
 
 #[test]
@@ -19,13 +20,7 @@ fn memory_keeps_the_contract() {
 
 #[test]
 fn s3_keeps_the_contract() {
-    static ENV: Once = Once::new();
-    ENV.call_once(|| {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::remove_var("AWS_SESSION_TOKEN");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    });
+    dummy_aws_credentials();
     let server = moto::shared();
     let opts = S3Options {
         endpoint: Some(server.endpoint.clone()),
