@@ -3,8 +3,7 @@
 //! started on loopback; without it this test fails, it never skips).
 
 use std::sync::Arc;
-use tidemark_store::{conformance, LocalStorage, MemoryStorage, S3Options, S3Storage, TempDir};
-use tidemark_testkit::launch::dummy_aws_credentials;
+use tidemark_store::{conformance, LocalStorage, MemoryStorage, TempDir};
 use tidemark_testkit::moto;
 
 #[test]
@@ -20,14 +19,7 @@ fn memory_keeps_the_contract() {
 
 #[test]
 fn s3_keeps_the_contract() {
-    dummy_aws_credentials();
     let server = moto::shared();
-    let opts = S3Options {
-        endpoint: Some(server.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        path_style: Some(true),
-    };
-    let st = S3Storage::new("s3://conformance/root/", &opts).unwrap();
-    st.create_bucket().unwrap();
+    let st = moto::bucket(&server.endpoint, "s3://conformance/root/");
     conformance::run(Arc::new(st));
 }

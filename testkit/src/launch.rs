@@ -74,6 +74,9 @@ pub fn spawn_listening(cmd: &mut Command, port: u16, what: &str) -> Option<Child
     None
 }
 
+/// The dummy AWS access key and secret the local AWS API servers accept.
+const DUMMY_AWS_KEY: &str = "testing";
+
 /// Dummy credentials through the AWS SDK's standard chain (the
 /// environment), set once per test process, before any client exists: call
 /// it first in every test that makes an S3 or Kinesis client, so that no
@@ -81,9 +84,17 @@ pub fn spawn_listening(cmd: &mut Command, port: u16, what: &str) -> Option<Child
 pub fn dummy_aws_credentials() {
     static ENV: Once = Once::new();
     ENV.call_once(|| {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_ACCESS_KEY_ID", DUMMY_AWS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", DUMMY_AWS_KEY);
         std::env::remove_var("AWS_SESSION_TOKEN");
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     });
+}
+
+/// The same dummy credentials for a child process (a job the test starts),
+/// and no instance-metadata lookups.
+pub fn dummy_aws_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", DUMMY_AWS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DUMMY_AWS_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
 }

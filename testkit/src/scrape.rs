@@ -8,14 +8,6 @@ use std::time::Duration;
 /// One sample: metric name, labels, value.
 pub type Sample = (String, BTreeMap<String, String>, f64);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `GET path` over plain HTTP/1.0: (status, body); None if nobody listens.
 pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -54,6 +46,7 @@ pub fn parse(text: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// `GET /metrics`, which must answer 200: its samples.
 pub fn scrape(port: u16) -> Vec<Sample> {
     let (status, body) = get(port, "/metrics").expect("scrape");
     assert_eq!(status, 200);

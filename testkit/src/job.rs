@@ -1,25 +1,52 @@
-//! Shared helpers of the end-to-end tests: the reference implementation (the
-//! oracle), the manifest reader, and ways to run the `tidemark` binary.
-#![allow(dead_code)]
-
-pub mod committed;
-pub mod layout;
-pub mod reference;
-pub mod scrape;
+//! Running the `tidemark` binary under test: finding it, commands with the
+//! tests' defaults, and the crash and fencing drills the end-to-end tests
+//! share.
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-/// The `tidemark` binary cargo built for these tests.
-pub fn tidemark_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tidemark"))
+/// Many small epochs (one a second of event time, no wall-time floor), so
+/// that kills land between commits.
+pub const FAST_COMMITS: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n";
+
+/// The `tidemark` binary cargo built for the running integration test:
+/// `CARGO_BIN_EXE_tidemark` (cargo sets it when it runs the test), else
+/// the binary beside the test's `deps/` folder (`target/<profile>/`).
+/// Only the `tidemark` package's own tests have it built.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARGO_BIN_EXE_tidemark") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let mut dir = exe.parent().expect("the test's folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(format!("tidemark{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "no tidemark binary at {} (run the tidemark package's tests with cargo test)",
+        bin.display()
+    );
+    bin
+}
+
+/// `tidemark <args>` as the tests run a job: warnings only, stdout
+/// discarded, stderr piped (for [`finish`] to report).
+pub fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env("TIDEMARK_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
 }
 
 /// Runs `tidemark <args>`; panics with its stderr when it exits non-zero.
 /// Returns its stdout.
 pub fn run_ok(args: &[&str]) -> String {
-    let output = Command::new(tidemark_bin())
+    let output = Command::new(bin())
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("could not start tidemark {args:?}: {e}"));
@@ -35,23 +62,15 @@ pub fn run_ok(args: &[&str]) -> String {
     stdout
 }
 
-/// A fresh, empty, unique directory under the system temp dir (not removed).
-pub fn tempdir() -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    loop {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("tidemark-test-{}-{nanos}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return dir,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("creating {}: {e}", dir.display()),
-        }
-    }
+/// Waits for `c`; panics naming `what`, with its stderr (when piped), unless
+/// it exits 0.
+pub fn finish(c: Child, what: &str) {
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Kills the job with SIGKILL at five moments: `1..=5` commits after each
@@ -60,11 +79,10 @@ pub fn tempdir() -> PathBuf {
 /// each kill (e.g. to look at the job mid-run). Fails if a run ends before
 /// its kill: the job must be throttled to still be running.
 pub fn kill_at_five_moments(
-    mut start: impl FnMut() -> std::process::Child,
+    mut start: impl FnMut() -> Child,
     committed: impl Fn() -> usize,
     mut between: impl FnMut(),
 ) {
-    use std::time::{Duration, Instant};
     for new_commits in 1..=5 {
         let at = committed();
         let mut child = start();
@@ -90,7 +108,7 @@ pub fn kill_at_five_moments(
 
 /// Waits for jobs started at once on one root: exactly one finishes, the
 /// others stop with the conflict message.
-pub fn assert_one_job_wins(jobs: Vec<std::process::Child>) {
+pub fn assert_one_job_wins(jobs: Vec<Child>) {
     let results: Vec<(bool, String)> = jobs
         .into_iter()
         .map(|c| {
@@ -112,44 +130,4 @@ pub fn assert_one_job_wins(jobs: Vec<std::process::Child>) {
             "loser said: {err}"
         );
     }
-}
-
-/// A hostfile of `n` free loopback ports in `dir`.
-pub fn hostfile(dir: &std::path::Path, n: usize) -> PathBuf {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let hosts: Vec<String> = listeners
-        .iter()
-        .map(|l| format!("127.0.0.1:{}\n", l.local_addr().unwrap().port()))
-        .collect();
-    let path = dir.join(format!("hosts-{n}.txt"));
-    std::fs::write(&path, hosts.concat()).unwrap();
-    path
-}
-
-/// `tidemark generate` into `dir`: `partitions` JSON Lines files of
-/// `events` in all, `events_per_sec` of event time. Returns the glob of the
-/// files.
-pub fn generate(
-    dir: &std::path::Path,
-    events: u64,
-    partitions: u32,
-    seed: u64,
-    events_per_sec: u64,
-) -> String {
-    run_ok(&[
-        "generate",
-        "--output",
-        dir.to_str().unwrap(),
-        "--events",
-        &events.to_string(),
-        "--partitions",
-        &partitions.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--events-per-sec",
-        &events_per_sec.to_string(),
-    ]);
-    format!("{}/*.jsonl", dir.display())
 }
