@@ -48,3 +48,17 @@ pub fn run(dir: &Path, processes: usize, workers: usize, command: impl Fn(&[&str
         finish(c, &format!("process {i}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_hostfile_names_n_distinct_loopback_ports() {
+        let dir = crate::tempdir();
+        let path = super::hostfile(&dir, 3);
+        assert_eq!(path, dir.join("hosts-3.txt"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let hosts: std::collections::BTreeSet<&str> = text.lines().collect();
+        assert_eq!(hosts.len(), 3, "{text}");
+        assert!(hosts.iter().all(|h| h.starts_with("127.0.0.1:")), "{text}");
+    }
+}

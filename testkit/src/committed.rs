@@ -737,3 +737,45 @@ pub fn assert_same(expected: &Outputs, actual: &Outputs) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_count_only_published_json_in_name_order() {
+        let root = crate::tempdir();
+        assert_eq!(manifests(&root), 0, "no root yet");
+        let dir = root.join("manifests");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "00000000000000002000.json",
+            "00000000000000001000.json",
+            // A write in progress (LocalStorage's temporary file).
+            "00000000000000003000.json.tmp-1-1",
+        ] {
+            std::fs::write(dir.join(name), b"{}").unwrap();
+        }
+        assert_eq!(manifests(&root), 2);
+        assert_eq!(manifests(root.as_path()), 2);
+        assert_eq!(
+            manifest_names(&root),
+            ["00000000000000001000.json", "00000000000000002000.json"]
+        );
+        assert_eq!(newest_epoch(&root), 2000);
+    }
+
+    #[test]
+    fn manifests_of_a_store_are_the_same_count() {
+        let st: std::sync::Arc<dyn Storage> =
+            std::sync::Arc::new(tidemark_store::MemoryStorage::new());
+        assert_eq!(manifests(&*st), 0);
+        st.put("manifests/00000000000000001000.json", b"{}")
+            .unwrap();
+        st.put("manifests/00000000000000002000.json", b"{}")
+            .unwrap();
+        st.put("_commits/00000000000000000001.json", b"{}").unwrap();
+        assert_eq!(manifests(&*st), 2);
+        assert_eq!(newest_epoch(&*st), 2000);
+    }
+}

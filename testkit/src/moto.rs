@@ -1,5 +1,6 @@
 //! A real S3 API server for tests: moto (`python3 -m moto.server`), started
-//! on a free loopback port and killed on drop.
+//! on a free loopback port and killed on drop; [`bucket`] makes a store on
+//! it and [`client_env`] points a child process at it.
 //!
 //! moto must be installed (`pip install 'moto[server]'`); when it is not, the
 //! helper panics with that instruction: tests never skip silently.

@@ -66,3 +66,27 @@ pub fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
         .map(|s| s.2)
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_labels_and_values_and_sums_by_label() {
+        let text = "# HELP x y\n# TYPE tidemark_rejects_total counter\n\
+            tidemark_rejects_total{reason=\"LATE\",source=\"transactions\"} 3\n\
+            tidemark_rejects_total{reason=\"MALFORMED\",source=\"transactions\"} 4\n\
+            tidemark_frontier_timestamp_seconds 1.5\n";
+        let s = parse(text);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].0, "tidemark_rejects_total");
+        assert_eq!(s[0].1["reason"], "LATE");
+        assert_eq!(s[0].1["source"], "transactions");
+        assert_eq!(sum(&s, "tidemark_rejects_total", &[]), 7.0);
+        assert_eq!(
+            sum(&s, "tidemark_rejects_total", &[("reason", "MALFORMED")]),
+            4.0
+        );
+        assert_eq!(sum(&s, "tidemark_frontier_timestamp_seconds", &[]), 1.5);
+    }
+}
