@@ -22,20 +22,10 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     tidemark_testkit::write(dir, "job.toml", text)
 }
 
-fn replay_cmd(input: &str, out: &Path, config: &Path, extra: &[&str]) -> Command {
-    let mut c = job::command(&[
-        "replay",
-        "--input",
-        input,
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    c.args(["--config", config.to_str().unwrap()]).args(extra);
-    c
-}
-
 fn run_replay(input: &str, out: &Path, config: &Path, extra: &[&str]) {
-    let o = replay_cmd(input, out, config, extra).output().unwrap();
+    let o = job::replay_command(input, out, config, extra)
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "replay {extra:?} failed: {}",
@@ -46,7 +36,7 @@ fn run_replay(input: &str, out: &Path, config: &Path, extra: &[&str]) {
 /// A real cluster of `n` processes over loopback, with a hostfile.
 fn run_cluster(input: &str, out: &Path, config: &Path, processes: usize, workers: usize) {
     cluster::run(out.parent().unwrap(), processes, workers, |args| {
-        replay_cmd(input, out, config, args)
+        job::replay_command(input, out, config, args)
     });
 }
 
@@ -109,7 +99,7 @@ fn kill_at_five_moments_then_restart_equals_uninterrupted() {
     // Throttled so that the job is still running at each kill.
     job::kill_at_five_moments(
         || {
-            replay_cmd(&input, &out, &config, &["-w", "2", "--rate", "50000"])
+            job::replay_command(&input, &out, &config, &["-w", "2", "--rate", "50000"])
                 .spawn()
                 .unwrap()
         },
@@ -133,7 +123,7 @@ fn damaged_epochs_are_reported_and_recovered() {
     for damage in ["manifest", "state", "data"] {
         let out = tmp.join(format!("damaged-{damage}"));
         // A run that stops half-way, so the newest epoch is not the last.
-        let mut child = replay_cmd(&input, &out, &config, &["-w", "1", "--rate", "30000"])
+        let mut child = job::replay_command(&input, &out, &config, &["-w", "1", "--rate", "30000"])
             .spawn()
             .unwrap();
         while manifests(&out) < 4 && child.try_wait().unwrap().is_none() {
@@ -323,7 +313,7 @@ fn two_jobs_on_one_root_exactly_one_commits() {
     let out = tmp.join("shared");
     let jobs: Vec<Child> = (0..2)
         .map(|_| {
-            replay_cmd(&input, &out, &config, &["-w", "1", "--rate", "40000"])
+            job::replay_command(&input, &out, &config, &["-w", "1", "--rate", "40000"])
                 .spawn()
                 .unwrap()
         })
@@ -360,7 +350,9 @@ fn retention_keeps_the_newest_three_commits_and_every_output() {
 /// Starts a throttled replay and kills it with SIGKILL once `n` epochs are
 /// committed; returns the newest committed epoch (its event-time boundary).
 fn kill_after_commits(input: &str, out: &Path, config: &Path, extra: &[&str], n: usize) -> i64 {
-    let mut child = replay_cmd(input, out, config, extra).spawn().unwrap();
+    let mut child = job::replay_command(input, out, config, extra)
+        .spawn()
+        .unwrap();
     while manifests(out) < n {
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -441,7 +433,7 @@ fn a_changed_window_is_refused_unless_allowed_and_then_only_it_restarts() {
 
     // Refused, naming the spec and the field, and nothing is written.
     let before = manifests(&out);
-    let o = replay_cmd(&input, &out, &new_cfg, &["-w", "2"])
+    let o = job::replay_command(&input, &out, &new_cfg, &["-w", "2"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -599,7 +591,7 @@ fn a_replay_over_a_finished_root_says_there_is_nothing_to_do() {
     run_replay(&input, &out, &config, &["-w", "2"]);
     let before = read_committed(&out);
     let listed = manifest_names(&out);
-    let o = replay_cmd(&input, &out, &config, &["-w", "2"])
+    let o = job::replay_command(&input, &out, &config, &["-w", "2"])
         .stdout(Stdio::piped())
         .output()
         .unwrap();

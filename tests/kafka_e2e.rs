@@ -171,18 +171,6 @@ fn check_sinks(broker: &Tansu, expected: &Outputs) {
     assert_eq!(got, want, "dead-letter topic");
 }
 
-fn run_cmd(config: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut c = job::command(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    c.args(extra);
-    c
-}
-
 fn group_offsets(broker: &Tansu, topic: &str, group: &str, n: i32) -> Vec<Option<u64>> {
     let c = KafkaSettings::new(broker.brokers(), group)
         .consumer()
@@ -209,7 +197,12 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
     produce(&broker, "payments", &files);
     let config = kafka_config(&tmp, &broker, "payments", "tidemark-a");
     let out = tmp.join("kafka-1x2");
-    finish(run_cmd(&config, &out, &["-w", "2"]).spawn().unwrap(), "1x2");
+    finish(
+        job::run_command(&config, &out, &["-w", "2"])
+            .spawn()
+            .unwrap(),
+        "1x2",
+    );
     assert_same(&expected, &read_committed(&out));
     // The group's offsets are the job's committed positions: the end.
     let end = ends(&broker, "payments", 8);
@@ -220,7 +213,7 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
 
     let config = kafka_config(&tmp, &broker, "payments", "tidemark-b");
     let out = tmp.join("kafka-2x1");
-    cluster::run(&tmp, 2, 1, |args| run_cmd(&config, &out, args));
+    cluster::run(&tmp, 2, 1, |args| job::run_command(&config, &out, args));
     assert_same(&expected, &read_committed(&out));
 
     // 2 partitions, 3 workers: one worker owns none and must not hold the
@@ -231,7 +224,7 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
     let metrics = format!("[metrics]\nport = \"{port}\"\naddress = \"127.0.0.1\"\n");
     let config = kafka_config_with(&tmp, &broker, "narrow", "tidemark-c", &metrics);
     let out = tmp.join("kafka-1x3");
-    let job = run_cmd(&config, &out, &["-w", "3", "--rate", "10000"])
+    let job = job::run_command(&config, &out, &["-w", "3", "--rate", "10000"])
         .spawn()
         .unwrap();
     // Mid-run, the source lag the alerts watch: records between the
@@ -281,7 +274,9 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
     );
     let out = tmp.join("kafka-two-topics");
     finish(
-        run_cmd(&config, &out, &["-w", "2"]).spawn().unwrap(),
+        job::run_command(&config, &out, &["-w", "2"])
+            .spawn()
+            .unwrap(),
         "two topics",
     );
     assert_same(&read_committed(&both), &read_committed(&out));
@@ -326,7 +321,7 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
     let mut grew = false;
     job::kill_at_five_moments(
         || {
-            run_cmd(&config, &out, &["-w", "2", "--rate", "6000"])
+            job::run_command(&config, &out, &["-w", "2", "--rate", "6000"])
                 .spawn()
                 .unwrap()
         },
@@ -356,7 +351,7 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
     );
 
     // The broker dies mid-run and comes back: the job waits and finishes.
-    let child = run_cmd(&config, &out, &["-w", "2", "--rate", "10000"])
+    let child = job::run_command(&config, &out, &["-w", "2", "--rate", "10000"])
         .spawn()
         .unwrap();
     let before = manifests(&out);
@@ -531,7 +526,9 @@ fn merchants_from_a_compacted_topic_enrich_as_the_spec_says() {
     );
     let out = tmp.join("kafka-reference");
     finish(
-        run_cmd(&config, &out, &["-w", "2"]).spawn().unwrap(),
+        job::run_command(&config, &out, &["-w", "2"])
+            .spawn()
+            .unwrap(),
         "kafka reference",
     );
 
@@ -716,7 +713,11 @@ fn a_following_job_rides_out_a_hung_and_a_killed_broker() {
         ),
     );
     let out = tmp.join("out");
-    let (mut job, log) = spawn_logged(run_cmd(&follow, &out, &["-w", "2", "--rate", "3000"]));
+    let (mut job, log) = spawn_logged(job::run_command(
+        &follow,
+        &out,
+        &["-w", "2", "--rate", "3000"],
+    ));
     let running = await_commits(&mut job, &out, 2) && {
         outage(&mut broker, Outage::Hang);
         await_commits(&mut job, &out, manifests(&out) + 2)
@@ -749,7 +750,9 @@ fn a_following_job_rides_out_a_hung_and_a_killed_broker() {
     );
     let bounded = kafka_config(&tmp, &broker, "payments", "follower");
     finish(
-        run_cmd(&bounded, &out, &["-w", "2"]).spawn().unwrap(),
+        job::run_command(&bounded, &out, &["-w", "2"])
+            .spawn()
+            .unwrap(),
         "bounded restart",
     );
     let actual = read_committed(&out);

@@ -29,16 +29,8 @@ fn config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
 }
 
 fn replay(input: &str, out: &Path, config: &Path, extra: &[&str]) -> Command {
-    let mut c = job::command(&[
-        "replay",
-        "--input",
-        input,
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    c.args(["--config", config.to_str().unwrap(), "-w", "2"])
-        .args(extra)
-        .stdout(Stdio::piped());
+    let mut c = job::replay_command(input, out, config, &["-w", "2"]);
+    c.args(extra).stdout(Stdio::piped());
     c
 }
 

@@ -2,7 +2,7 @@
 //! tests' defaults, and the crash and fencing drills the end-to-end tests
 //! share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,28 @@ pub fn command(args: &[&str]) -> Command {
         .env("TIDEMARK_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    c
+}
+
+/// `tidemark replay --input INPUT --output OUT --config CONFIG <extra>`, as
+/// [`command`].
+pub fn replay_command(input: &str, out: &Path, config: &Path, extra: &[&str]) -> Command {
+    let mut c = command(&[
+        "replay",
+        "--input",
+        input,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    c.args(["--config", config.to_str().unwrap()]).args(extra);
+    c
+}
+
+/// `tidemark run --config CONFIG --output OUT <extra>` (a source from the
+/// config: Kafka, Kinesis), as [`command`].
+pub fn run_command(config: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = command(&["run", "--config", config.to_str().unwrap()]);
+    c.args(["--output", out.to_str().unwrap()]).args(extra);
     c
 }
 
