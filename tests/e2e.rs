@@ -5,43 +5,27 @@
 //! against an uninterrupted single-worker run, which `tests/reference.rs`
 //! in turn compares against the independent reference implementation.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::committed::{assert_same, read_committed};
 use tidemark_checkpoint::storage::Storage;
-
-/// Many small epochs, so crashes land between commits.
-const FAST_COMMITS: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n";
+use tidemark_testkit::committed::{
+    assert_same, manifest_names, manifests, newest_epoch, read_committed,
+};
+use tidemark_testkit::datasets::generate;
+use tidemark_testkit::job::{self, FAST_COMMITS};
+use tidemark_testkit::reference::{Outputs, WindowRow};
+use tidemark_testkit::{cluster, tempdir};
 
 fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let p = dir.join("job.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn replay_cmd(input: &str, out: &Path, config: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(common::tidemark_bin());
-    c.args([
-        "replay",
-        "--input",
-        input,
-        "--output",
-        out.to_str().unwrap(),
-    ])
-    .args(["--config", config.to_str().unwrap()])
-    .args(extra)
-    .env("TIDEMARK_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    c
+    tidemark_testkit::write(dir, "job.toml", text)
 }
 
 fn run_replay(input: &str, out: &Path, config: &Path, extra: &[&str]) {
-    let o = replay_cmd(input, out, config, extra).output().unwrap();
+    let o = job::replay_command(input, out, config, extra)
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "replay {extra:?} failed: {}",
@@ -51,41 +35,13 @@ fn run_replay(input: &str, out: &Path, config: &Path, extra: &[&str]) {
 
 /// A real cluster of `n` processes over loopback, with a hostfile.
 fn run_cluster(input: &str, out: &Path, config: &Path, processes: usize, workers: usize) {
-    let hostfile = common::hostfile(out.parent().unwrap(), processes);
-    let children: Vec<Child> = (0..processes)
-        .map(|i| {
-            let (w, n, p) = (workers.to_string(), processes.to_string(), i.to_string());
-            replay_cmd(
-                input,
-                out,
-                config,
-                &[
-                    "-w",
-                    &w,
-                    "-n",
-                    &n,
-                    "-p",
-                    &p,
-                    "-h",
-                    hostfile.to_str().unwrap(),
-                ],
-            )
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for (i, c) in children.into_iter().enumerate() {
-        let o = c.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "process {i} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
+    cluster::run(out.parent().unwrap(), processes, workers, |args| {
+        job::replay_command(input, out, config, args)
+    });
 }
 
 fn verify_ok(root: &Path) {
-    let o = Command::new(common::tidemark_bin())
+    let o = Command::new(job::bin())
         .args(["verify", root.to_str().unwrap()])
         .output()
         .unwrap();
@@ -98,8 +54,8 @@ fn verify_ok(root: &Path) {
 
 #[test]
 fn cluster_shapes_commit_identical_outputs() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 100_000, 8, 11, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 100_000, 8, 11, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
 
     let base = tmp.join("1x1");
@@ -123,23 +79,10 @@ fn cluster_shapes_commit_identical_outputs() {
     }
 }
 
-fn manifests(root: &Path) -> usize {
-    std::fs::read_dir(root.join("manifests")).map_or(0, |d| {
-        d.filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".json")
-        })
-        .count()
-    })
-}
-
 #[test]
 fn kill_at_five_moments_then_restart_equals_uninterrupted() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 150_000, 8, 23, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 150_000, 8, 23, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
     let clean = tmp.join("clean");
     run_replay(&input, &clean, &config, &["-w", "2"]);
@@ -154,9 +97,9 @@ fn kill_at_five_moments_then_restart_equals_uninterrupted() {
     // (plus once before any commit), restarting in between.
     let out = tmp.join("crashy");
     // Throttled so that the job is still running at each kill.
-    common::kill_at_five_moments(
+    job::kill_at_five_moments(
         || {
-            replay_cmd(&input, &out, &config, &["-w", "2", "--rate", "50000"])
+            job::replay_command(&input, &out, &config, &["-w", "2", "--rate", "50000"])
                 .spawn()
                 .unwrap()
         },
@@ -170,8 +113,8 @@ fn kill_at_five_moments_then_restart_equals_uninterrupted() {
 
 #[test]
 fn damaged_epochs_are_reported_and_recovered() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 60_000, 4, 5, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 60_000, 4, 5, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
     let clean = tmp.join("clean");
     run_replay(&input, &clean, &config, &["-w", "1"]);
@@ -180,7 +123,7 @@ fn damaged_epochs_are_reported_and_recovered() {
     for damage in ["manifest", "state", "data"] {
         let out = tmp.join(format!("damaged-{damage}"));
         // A run that stops half-way, so the newest epoch is not the last.
-        let mut child = replay_cmd(&input, &out, &config, &["-w", "1", "--rate", "30000"])
+        let mut child = job::replay_command(&input, &out, &config, &["-w", "1", "--rate", "30000"])
             .spawn()
             .unwrap();
         while manifests(&out) < 4 && child.try_wait().unwrap().is_none() {
@@ -211,7 +154,7 @@ fn damaged_epochs_are_reported_and_recovered() {
                 flip_byte(&out.join(path));
             }
         }
-        let o = Command::new(common::tidemark_bin())
+        let o = Command::new(job::bin())
             .args(["verify", out.to_str().unwrap()])
             .output()
             .unwrap();
@@ -246,10 +189,7 @@ fn flip_byte(p: &Path) {
 }
 
 fn fails_with(args: &[&str], needle: &str) {
-    let o = Command::new(common::tidemark_bin())
-        .args(args)
-        .output()
-        .unwrap();
+    let o = Command::new(job::bin()).args(args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{args:?} should fail");
     assert!(
@@ -260,8 +200,8 @@ fn fails_with(args: &[&str], needle: &str) {
 
 #[test]
 fn bad_configuration_fails_at_start_naming_the_problem() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 100, 1, 1, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 100, 1, 1, 5000);
     let out = tmp.join("out");
     let out = out.to_str().unwrap();
     let cfg = |name: &str, text: &str| {
@@ -333,7 +273,7 @@ fn bad_configuration_fails_at_start_naming_the_problem() {
 
     // A restart over other inputs than the commits were made with.
     let done = tmp.join("done");
-    common::run_ok(&[
+    job::run_ok(&[
         "replay",
         "--input",
         &input,
@@ -363,8 +303,8 @@ fn bad_configuration_fails_at_start_naming_the_problem() {
 
 #[test]
 fn two_jobs_on_one_root_exactly_one_commits() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 60_000, 4, 9, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 60_000, 4, 9, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
     let clean = tmp.join("clean");
     run_replay(&input, &clean, &config, &["-w", "1"]);
@@ -373,30 +313,30 @@ fn two_jobs_on_one_root_exactly_one_commits() {
     let out = tmp.join("shared");
     let jobs: Vec<Child> = (0..2)
         .map(|_| {
-            replay_cmd(&input, &out, &config, &["-w", "1", "--rate", "40000"])
+            job::replay_command(&input, &out, &config, &["-w", "1", "--rate", "40000"])
                 .spawn()
                 .unwrap()
         })
         .collect();
-    common::assert_one_job_wins(jobs);
+    job::assert_one_job_wins(jobs);
     verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
 }
 
-/// A commit another job made first stops this one with exit code 3 and the
-/// line `error: <root>: commit N (epoch E) was already made by another
-/// job…`: the committer's typed failure, mapped by `main`. In a cluster,
-/// process 0 leaves without waiting for its peers (which then fail on the
-/// lost connection) instead of hanging.
+/// A commit another job made first stops this one with exit code 4 (fenced)
+/// and the line `error: <root>: commit N (epoch E) was already made by
+/// another job…`: the committer's typed failure, mapped by `main`. In a
+/// cluster, process 0 leaves without waiting for its peers instead of
+/// hanging, and the peers name it as a lost peer (exit 6, no backtrace).
 #[test]
 fn a_commit_taken_by_another_job_exits_4_naming_it_alone_and_in_a_cluster() {
     use tidemark_checkpoint::commit_log::{list, log_key};
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 60_000, 4, 17, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 60_000, 4, 17, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
     for processes in [1usize, 2] {
         let out = tmp.join(format!("out-{processes}"));
-        let hostfile = common::hostfile(&tmp, processes);
+        let hostfile = cluster::hostfile(&tmp, processes);
         let mut jobs: Vec<Child> = (0..processes)
             .map(|p| {
                 let (n, p) = (processes.to_string(), p.to_string());
@@ -404,7 +344,9 @@ fn a_commit_taken_by_another_job_exits_4_naming_it_alone_and_in_a_cluster() {
                 if processes > 1 {
                     extra.extend(["-n", &n, "-p", &p, "-h", hostfile.to_str().unwrap()]);
                 }
-                replay_cmd(&input, &out, &config, &extra).spawn().unwrap()
+                job::replay_command(&input, &out, &config, &extra)
+                    .spawn()
+                    .unwrap()
             })
             .collect();
         // Once the job has committed, another claims the next log position.
@@ -474,8 +416,8 @@ fn a_commit_taken_by_another_job_exits_4_naming_it_alone_and_in_a_cluster() {
 
 #[test]
 fn retention_keeps_the_newest_three_commits_and_every_output() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 60_000, 4, 13, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 60_000, 4, 13, 5000);
     let config = write_config(&tmp, &format!("{FAST_COMMITS}retain = 3\n"));
     let clean = tmp.join("clean");
     run_replay(&input, &clean, &config, &["-w", "2"]);
@@ -488,7 +430,7 @@ fn retention_keeps_the_newest_three_commits_and_every_output() {
     run_replay(&input, &out, &config, &["-w", "2"]);
 
     let st = tidemark_checkpoint::storage::LocalStorage::new(&out).unwrap();
-    let commits = common::layout::assert_retained(&st, 3);
+    let commits = tidemark_testkit::layout::assert_retained(&st, 3);
     // Six before the kill, at least one after: more than `retain`.
     assert!(commits >= 7, "only {commits} commits");
     assert!(st.list("quarantine/").unwrap().is_empty());
@@ -499,7 +441,9 @@ fn retention_keeps_the_newest_three_commits_and_every_output() {
 /// Starts a throttled replay and kills it with SIGKILL once `n` epochs are
 /// committed; returns the newest committed epoch (its event-time boundary).
 fn kill_after_commits(input: &str, out: &Path, config: &Path, extra: &[&str], n: usize) -> i64 {
-    let mut child = replay_cmd(input, out, config, extra).spawn().unwrap();
+    let mut child = job::replay_command(input, out, config, extra)
+        .spawn()
+        .unwrap();
     while manifests(out) < n {
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -509,9 +453,7 @@ fn kill_after_commits(input: &str, out: &Path, config: &Path, extra: &[&str], n:
     }
     child.kill().unwrap();
     let _ = child.wait();
-    let newest = newest_manifest(out);
-    let stem = newest.file_stem().unwrap().to_string_lossy().to_string();
-    stem.parse().unwrap()
+    newest_epoch(out)
 }
 
 fn copy_root(from: &Path, to: &Path) {
@@ -526,8 +468,8 @@ fn copy_root(from: &Path, to: &Path) {
 
 #[test]
 fn a_stopped_two_worker_job_finishes_with_three_workers_or_two_processes() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 100_000, 8, 31, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 100_000, 8, 31, 5000);
     let config = write_config(&tmp, FAST_COMMITS);
     let clean = tmp.join("clean");
     run_replay(&input, &clean, &config, &["-w", "2"]);
@@ -562,9 +504,9 @@ fn windows_config(merchant_size: &str) -> String {
 
 #[test]
 fn a_changed_window_is_refused_unless_allowed_and_then_only_it_restarts() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     // Ten minutes of event time, so windows open and close across restarts.
-    let input = common::generate(&tmp.join("in"), 60_000, 8, 37, 100);
+    let input = generate(&tmp.join("in"), 60_000, 8, 37, 100);
     let old_cfg = tmp.join("old.toml");
     std::fs::write(&old_cfg, windows_config("5m")).unwrap();
     let new_cfg = tmp.join("new.toml");
@@ -582,7 +524,7 @@ fn a_changed_window_is_refused_unless_allowed_and_then_only_it_restarts() {
 
     // Refused, naming the spec and the field, and nothing is written.
     let before = manifests(&out);
-    let o = replay_cmd(&input, &out, &new_cfg, &["-w", "2"])
+    let o = job::replay_command(&input, &out, &new_cfg, &["-w", "2"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -604,7 +546,7 @@ fn a_changed_window_is_refused_unless_allowed_and_then_only_it_restarts() {
     let got = read_committed(&out);
 
     // Everything but the changed spec continues as if nothing changed.
-    let split = |o: &common::reference::Outputs| {
+    let split = |o: &Outputs| {
         let mut rest = o.clone();
         rest.windows.retain(|w| w.window != "merchant_5m");
         let changed: Vec<_> = o
@@ -623,15 +565,12 @@ fn a_changed_window_is_refused_unless_allowed_and_then_only_it_restarts() {
 
     // The changed spec: the old windows up to the restored epoch, the new
     // ones from it, and the windows spanning it from post-restore data only.
-    let only = |rows: &[common::reference::WindowRow],
-                keep: &dyn Fn(&common::reference::WindowRow) -> bool| {
-        common::reference::Outputs {
-            windows: rows.iter().filter(|w| keep(w)).cloned().collect(),
-            ..Default::default()
-        }
+    let only = |rows: &[WindowRow], keep: &dyn Fn(&WindowRow) -> bool| Outputs {
+        windows: rows.iter().filter(|w| keep(w)).cloned().collect(),
+        ..Default::default()
     };
-    let before_cut = |w: &common::reference::WindowRow| w.window_end <= boundary;
-    let after_cut = |w: &common::reference::WindowRow| w.window_start >= boundary;
+    let before_cut = |w: &WindowRow| w.window_end <= boundary;
+    let after_cut = |w: &WindowRow| w.window_start >= boundary;
     let old_part = only(&old_m5, &before_cut);
     let new_part = only(&new_m5, &after_cut);
     assert!(!old_part.windows.is_empty() && !new_part.windows.is_empty());
@@ -661,8 +600,8 @@ fn a_changed_window_is_refused_unless_allowed_and_then_only_it_restarts() {
 /// is not written; what stays is exactly what the full job writes for it.
 #[test]
 fn switched_off_outputs_are_not_written_and_the_rest_is_unchanged() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 60_000, 4, 17, 200);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 60_000, 4, 17, 200);
     let full_cfg = write_config(&tmp, FAST_COMMITS);
     let full = tmp.join("full");
     run_replay(&input, &full, &full_cfg, &["-w", "2"]);
@@ -692,7 +631,7 @@ fn switched_off_outputs_are_not_written_and_the_rest_is_unchanged() {
         .cloned()
         .collect();
     let mut have = got.windows.clone();
-    let key = |w: &common::reference::WindowRow| (w.window_start, format!("{:?}", w.group));
+    let key = |w: &WindowRow| (w.window_start, format!("{:?}", w.group));
     want.sort_by_key(key);
     have.sort_by_key(key);
     assert!(want.len() > 10, "{} status windows", want.len());
@@ -705,11 +644,11 @@ fn switched_off_outputs_are_not_written_and_the_rest_is_unchanged() {
 /// setting (`reference.kind = "generator"`) is left out with one warning.
 #[test]
 fn replay_runs_with_the_shipped_cluster_toml() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 2000, 2, 5, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 2000, 2, 5, 5000);
     let out = tmp.join("out");
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
-    let o = Command::new(common::tidemark_bin())
+    let o = Command::new(job::bin())
         .args(["replay", "--input", &input, "--config"])
         .arg(&shipped)
         .arg("--output")
@@ -736,22 +675,14 @@ fn replay_runs_with_the_shipped_cluster_toml() {
 /// so, and how to compute again, instead of a summary of zeros.
 #[test]
 fn a_replay_over_a_finished_root_says_there_is_nothing_to_do() {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 2000, 2, 5, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 2000, 2, 5, 5000);
     let out = tmp.join("out");
     let config = write_config(&tmp, FAST_COMMITS);
     run_replay(&input, &out, &config, &["-w", "2"]);
     let before = read_committed(&out);
-    let manifests = |root: &Path| {
-        let mut m: Vec<_> = std::fs::read_dir(root.join("manifests"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        m.sort();
-        m
-    };
-    let listed = manifests(&out);
-    let o = replay_cmd(&input, &out, &config, &["-w", "2"])
+    let listed = manifest_names(&out);
+    let o = job::replay_command(&input, &out, &config, &["-w", "2"])
         .stdout(Stdio::piped())
         .output()
         .unwrap();
@@ -764,7 +695,6 @@ fn a_replay_over_a_finished_root_says_there_is_nothing_to_do() {
     let last: i64 = listed
         .last()
         .unwrap()
-        .to_string_lossy()
         .trim_end_matches(".json")
         .parse()
         .unwrap();
@@ -775,6 +705,6 @@ fn a_replay_over_a_finished_root_says_there_is_nothing_to_do() {
         "{stdout}"
     );
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert_eq!(manifests(&out), listed);
+    assert_eq!(manifest_names(&out), listed);
     assert_same(&before, &read_committed(&out));
 }

@@ -1,24 +1,27 @@
 //! SPEC 9 end to end: transactions enriched as of their event time from a
 //! changing merchants table, compared whole against the independent oracle
-//! (`common::reference::compute_files_enriched`) on several cluster shapes
-//! and across crashes with reference updates in flight.
+//! (`tidemark_testkit::reference::compute_files_enriched`) on several
+//! cluster shapes and across crashes with reference updates in flight.
 //!
-//! The data: `tidemark generate --merchants` makes a version per merchant
-//! (every tenth merchant has none), updates while the transactions run
-//! (hot merchants included, sometimes twice in a minute), rows a little out
-//! of order, late rows and malformed rows. The test adds a second
-//! reference file whose rows tie with some of the first file's on
-//! `valid_from` (the later partition must win), plus its own late row.
-
-mod common;
+//! The data (`tidemark_testkit::datasets::enriched`): `tidemark generate
+//! --merchants` makes a version per merchant (every tenth merchant has
+//! none), updates while the transactions run (hot merchants included,
+//! sometimes twice in a minute), rows a little out of order, late rows and
+//! malformed rows. A second reference file holds rows that tie with some of
+//! the first file's on `valid_from` (the later partition must win), plus its
+//! own late row.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::committed::{assert_same, read_committed};
-use common::reference::{
-    compute_files_enriched, default_window_specs, Outputs, RefParams, WindowKind, WindowSpec,
+use tidemark_testkit::committed::{assert_same, manifests, read_committed};
+use tidemark_testkit::datasets::{enriched, Enriched};
+use tidemark_testkit::job::{self, finish};
+use tidemark_testkit::reference::{
+    compute_files_enriched, default_window_specs, read_records, Outputs, RefParams, WindowKind,
+    WindowSpec,
 };
+use tidemark_testkit::{cluster, tempdir};
 
 /// Many small epochs, and the enriched window specs.
 const CONFIG: &str = r#"
@@ -83,119 +86,22 @@ fn ref_params() -> RefParams {
     }
 }
 
-struct Data {
-    /// Glob of the transactions files.
-    input: String,
-    files: Vec<PathBuf>,
-    /// Glob and files of the merchants reference table.
-    reference: String,
-    reference_files: Vec<PathBuf>,
-}
-
-fn jsonl_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".jsonl"))
-        .collect();
-    v.sort();
-    v
-}
-
-/// Transactions and both reference files under `dir`.
-fn dataset(dir: &Path, events: u64, seed: u64) -> Data {
-    let input = dir.join("in");
-    let refs = dir.join("merchants");
-    std::fs::create_dir_all(&refs).unwrap();
-    let first = refs.join("m0.jsonl");
-    common::run_ok(&[
-        "generate",
-        "--output",
-        input.to_str().unwrap(),
-        "--events",
-        &events.to_string(),
-        "--partitions",
-        "4",
-        "--seed",
-        &seed.to_string(),
-        "--events-per-sec",
-        "250",
-        "--merchants",
-        first.to_str().unwrap(),
-    ]);
-
-    // The second file: ties with every fourth update of the first, in
-    // valid_from order, then one row far behind its own maximum (LATE).
-    let text = std::fs::read_to_string(&first).unwrap();
-    let mut ties = Vec::new();
-    let mut max_seen = i64::MIN;
-    let mut updates = 0;
-    for line in text.lines() {
-        let Ok(serde_json::Value::Object(mut row)) = serde_json::from_str(line) else {
-            continue;
-        };
-        let Some(at) = row
-            .get("valid_from")
-            .and_then(|v| v.as_str())
-            .and_then(common::reference::parse_timestamp)
-        else {
-            continue;
-        };
-        let tier_ok = matches!(
-            row.get("risk_tier").and_then(|v| v.as_str()),
-            Some("LOW" | "MEDIUM" | "HIGH")
-        );
-        if !tier_ok || at < max_seen {
-            continue;
-        }
-        max_seen = at;
-        updates += 1;
-        if updates % 4 == 0 {
-            row.insert("country".into(), "ZZ".into());
-            row.insert("risk_tier".into(), "HIGH".into());
-            row.insert("merchant_category".into(), "tie-winner".into());
-            ties.push(serde_json::to_string(&row).unwrap());
-        }
-    }
-    assert!(ties.len() > 20, "only {} tie rows", ties.len());
-    let late = ties[0].replace("\"tie-winner\"", "\"late\"");
-    ties.push(late);
-    std::fs::write(refs.join("m1.jsonl"), ties.join("\n") + "\n").unwrap();
-
-    Data {
-        input: format!("{}/*.jsonl", input.display()),
-        files: jsonl_in(&input),
-        reference: format!("{}/*.jsonl", refs.display()),
-        reference_files: jsonl_in(&refs),
-    }
-}
-
-fn replay(data: &Data, out: &Path, config: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(common::tidemark_bin());
-    c.args(["replay", "--input", &data.input])
-        .args(["--reference", &data.reference])
+fn replay(data: &Enriched, out: &Path, config: &Path, extra: &[&str]) -> Command {
+    let mut c = job::command(&["replay", "--input", &data.input]);
+    c.args(["--reference", &data.reference])
         .args(["--output", out.to_str().unwrap()])
         .args(["--config", config.to_str().unwrap()])
-        .args(extra)
-        .env("TIDEMARK_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .args(extra);
     c
 }
 
 fn ok(mut c: Command) {
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{c:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let what = format!("{c:?}");
+    finish(c.spawn().unwrap(), &what);
 }
 
 fn write_config(dir: &Path) -> PathBuf {
-    let p = dir.join("job.toml");
-    std::fs::write(&p, CONFIG).unwrap();
-    p
+    tidemark_testkit::write(dir, "job.toml", CONFIG)
 }
 
 /// What the oracle must show for the data to test anything.
@@ -253,13 +159,8 @@ fn check_coverage(expected: &Outputs) {
 }
 
 /// Records in = kept + duplicates + rejects, per source.
-fn check_accounting(data: &Data, actual: &Outputs) {
-    let lines = |files: &[PathBuf]| -> usize {
-        files
-            .iter()
-            .map(|f| common::reference::read_records(f).len())
-            .sum()
-    };
+fn check_accounting(data: &Enriched, actual: &Outputs) {
+    let lines = |files: &[PathBuf]| -> usize { files.iter().map(|f| read_records(f).len()).sum() };
     let rejects = |source: &str| actual.rejects.iter().filter(|r| r.source == source).count();
     assert_eq!(
         lines(&data.files),
@@ -270,8 +171,8 @@ fn check_accounting(data: &Data, actual: &Outputs) {
 
 #[test]
 fn enriched_outputs_equal_the_spec_on_every_shape() {
-    let tmp = common::tempdir();
-    let data = dataset(&tmp, 60_000, 31);
+    let tmp = tempdir();
+    let data = enriched(&tmp, 60_000, 31);
     let config = write_config(&tmp);
     let expected = compute_files_enriched(&data.files, &data.reference_files, &ref_params());
     check_coverage(&expected);
@@ -284,55 +185,28 @@ fn enriched_outputs_equal_the_spec_on_every_shape() {
 
     // Two processes: every worker holds the whole table.
     let out = tmp.join("2x1");
-    let hostfile = common::hostfile(&tmp, 2);
-    let children: Vec<_> = (0..2)
-        .map(|i| {
-            let p = i.to_string();
-            replay(
-                &data,
-                &out,
-                &config,
-                &[
-                    "-w",
-                    "1",
-                    "-n",
-                    "2",
-                    "-p",
-                    &p,
-                    "-h",
-                    hostfile.to_str().unwrap(),
-                ],
-            )
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for c in children {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    cluster::run(&tmp, 2, 1, |args| replay(&data, &out, &config, args));
     assert_same(&expected, &read_committed(&out));
 }
 
 #[test]
 fn kill_at_five_moments_with_reference_updates_in_flight() {
-    let tmp = common::tempdir();
-    let data = dataset(&tmp, 100_000, 37);
+    let tmp = tempdir();
+    let data = enriched(&tmp, 100_000, 37);
     let config = write_config(&tmp);
     let expected = compute_files_enriched(&data.files, &data.reference_files, &ref_params());
     check_coverage(&expected);
 
     let out = tmp.join("crashy");
-    let commits = || std::fs::read_dir(out.join("manifests")).map_or(0, |d| d.count());
     // Throttled, so the table's updates are read while the job runs and
     // commits; each restart resumes both sources and the table's state.
-    common::kill_at_five_moments(
+    job::kill_at_five_moments(
         || {
             replay(&data, &out, &config, &["-w", "2", "--rate", "15000"])
                 .spawn()
                 .unwrap()
         },
-        commits,
+        || manifests(&out),
         || {},
     );
     ok(replay(&data, &out, &config, &["-w", "2"]));
@@ -341,11 +215,11 @@ fn kill_at_five_moments_with_reference_updates_in_flight() {
 
 #[test]
 fn grouping_by_an_enriched_field_needs_a_reference_table() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let config = write_config(&tmp);
     let input = tmp.join("in.jsonl");
     std::fs::write(&input, "").unwrap();
-    let o = Command::new(common::tidemark_bin())
+    let o = Command::new(job::bin())
         .args(["replay", "--input", input.to_str().unwrap()])
         .args(["--output", tmp.join("out").to_str().unwrap()])
         .args(["--config", config.to_str().unwrap()])

@@ -3,58 +3,19 @@
 //! same files, whatever the cluster shape, through kills of the job and of
 //! the broker; the group's committed offsets show the job's progress.
 
-mod common;
-#[path = "../connectors/tests/support/tansu.rs"]
-mod tansu;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::committed::{assert_same, read_committed};
-use common::reference::Outputs;
-use tansu::Tansu;
 use tidemark_connectors::kafka::{
     committed_offsets, high_watermarks, produce_lines, KafkaSettings,
 };
-
-const FAST_COMMITS: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n";
-
-/// Generates `partitions` files and replays them: the expected outputs.
-/// `rate` is the event-time rate: events per second of event time.
-fn dataset(
-    dir: &Path,
-    events: u64,
-    partitions: u32,
-    seed: u64,
-    rate: u64,
-) -> (Vec<PathBuf>, Outputs) {
-    let input = dir.join("in");
-    common::generate(&input, events, partitions, seed, rate);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let config = write(dir, "files.toml", FAST_COMMITS);
-    let out = dir.join("from-files");
-    common::run_ok(&[
-        "replay",
-        "--input",
-        &format!("{}/*.jsonl", input.display()),
-        "--output",
-        out.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    (files, read_committed(&out))
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
+use tidemark_testkit::committed::{assert_same, manifests, read_committed};
+use tidemark_testkit::datasets::{generate, generate_with_merchants, jsonl_files, replayed};
+use tidemark_testkit::job::{self, finish, FAST_COMMITS};
+use tidemark_testkit::reference::{parse_timestamp, Outputs};
+use tidemark_testkit::tansu::Tansu;
+use tidemark_testkit::{cluster, scrape, tempdir, write};
 
 /// Each file's lines to one explicit partition, in order: Kafka offset =
 /// line number, as in a file replay.
@@ -133,7 +94,7 @@ fn consume_all(broker: &Tansu, topic: &str, partitions: i32) -> Vec<(String, ser
 /// documented, and nothing else.
 fn check_sinks(broker: &Tansu, expected: &Outputs) {
     use std::collections::{BTreeMap, BTreeSet};
-    let rfc = |v: &serde_json::Value| common::reference::parse_timestamp(v.as_str().unwrap());
+    let rfc = |v: &serde_json::Value| parse_timestamp(v.as_str().unwrap());
     let alerts: BTreeMap<String, serde_json::Value> =
         consume_all(broker, "alerts", 3).into_iter().collect();
     let mut want = BTreeSet::new();
@@ -210,35 +171,6 @@ fn check_sinks(broker: &Tansu, expected: &Outputs) {
     assert_eq!(got, want, "dead-letter topic");
 }
 
-fn run_cmd(config: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(common::tidemark_bin());
-    c.args([
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ])
-    .args(extra)
-    .env("TIDEMARK_LOG", "warn")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    c
-}
-
-fn finish(c: Child, what: &str) {
-    let o = c.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn manifests(root: &Path) -> usize {
-    std::fs::read_dir(root.join("manifests")).map_or(0, |d| d.count())
-}
-
 fn group_offsets(broker: &Tansu, topic: &str, group: &str, n: i32) -> Vec<Option<u64>> {
     let c = KafkaSettings::new(broker.brokers(), group)
         .consumer()
@@ -255,45 +187,22 @@ fn ends(broker: &Tansu, topic: &str, n: i32) -> Vec<u64> {
     high_watermarks(&c, &tps).unwrap()
 }
 
-/// Two processes of one job over loopback.
-fn cluster(dir: &Path, config: &Path, out: &Path, n: usize, w: usize) {
-    let hostfile = common::hostfile(dir, n);
-    let children: Vec<Child> = (0..n)
-        .map(|p| {
-            run_cmd(
-                config,
-                out,
-                &[
-                    "-w",
-                    &w.to_string(),
-                    "-n",
-                    &n.to_string(),
-                    "-p",
-                    &p.to_string(),
-                    "-h",
-                    hostfile.to_str().unwrap(),
-                ],
-            )
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for (i, c) in children.into_iter().enumerate() {
-        finish(c, &format!("process {i}"));
-    }
-}
-
 #[test]
 fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let broker = Tansu::start();
 
     // 8 partitions: 1 process × 2 workers, and 2 processes × 1 worker.
-    let (files, expected) = dataset(&tmp.join("eight"), 48_000, 8, 31, 5000);
+    let (files, expected) = replayed(&tmp.join("eight"), 48_000, 8, 31, 5000);
     produce(&broker, "payments", &files);
     let config = kafka_config(&tmp, &broker, "payments", "tidemark-a");
     let out = tmp.join("kafka-1x2");
-    finish(run_cmd(&config, &out, &["-w", "2"]).spawn().unwrap(), "1x2");
+    finish(
+        job::run_command(&config, &out, &["-w", "2"])
+            .spawn()
+            .unwrap(),
+        "1x2",
+    );
     assert_same(&expected, &read_committed(&out));
     // The group's offsets are the job's committed positions: the end.
     let end = ends(&broker, "payments", 8);
@@ -304,18 +213,18 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
 
     let config = kafka_config(&tmp, &broker, "payments", "tidemark-b");
     let out = tmp.join("kafka-2x1");
-    cluster(&tmp, &config, &out, 2, 1);
+    cluster::run(&tmp, 2, 1, |args| job::run_command(&config, &out, args));
     assert_same(&expected, &read_committed(&out));
 
     // 2 partitions, 3 workers: one worker owns none and must not hold the
     // frontier back; several epochs commit and the job ends.
-    let (files, expected) = dataset(&tmp.join("two"), 20_000, 2, 32, 2000);
+    let (files, expected) = replayed(&tmp.join("two"), 20_000, 2, 32, 2000);
     produce(&broker, "narrow", &files);
-    let port = common::scrape::free_port();
+    let port = tidemark_testkit::free_port();
     let metrics = format!("[metrics]\nport = \"{port}\"\naddress = \"127.0.0.1\"\n");
     let config = kafka_config_with(&tmp, &broker, "narrow", "tidemark-c", &metrics);
     let out = tmp.join("kafka-1x3");
-    let job = run_cmd(&config, &out, &["-w", "3", "--rate", "10000"])
+    let job = job::run_command(&config, &out, &["-w", "3", "--rate", "10000"])
         .spawn()
         .unwrap();
     // Mid-run, the source lag the alerts watch: records between the
@@ -323,8 +232,8 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
     let mut lag = Vec::new();
     while lag.len() < 2 && manifests(&out) < 6 {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        if let Some((200, body)) = common::scrape::get(port, "/metrics") {
-            lag = common::scrape::parse(&body)
+        if let Some((200, body)) = scrape::get(port, "/metrics") {
+            lag = scrape::parse(&body)
                 .into_iter()
                 .filter(|s| s.0 == "tidemark_source_lag_records" && s.2 > 0.0)
                 .collect();
@@ -345,7 +254,7 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
     // the two file sets are numbered in path order.
     let both = tmp.join("both-files");
     let files_cfg = write(&tmp, "fast.toml", FAST_COMMITS);
-    common::run_ok(&[
+    job::run_ok(&[
         "replay",
         "--input",
         &format!("{}/eight/in/*.jsonl", tmp.display()),
@@ -365,14 +274,16 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
     );
     let out = tmp.join("kafka-two-topics");
     finish(
-        run_cmd(&config, &out, &["-w", "2"]).spawn().unwrap(),
+        job::run_command(&config, &out, &["-w", "2"])
+            .spawn()
+            .unwrap(),
         "two topics",
     );
     assert_same(&read_committed(&both), &read_committed(&out));
 
     // The bounded replay command reads the same range.
     let out = tmp.join("replay-kafka");
-    common::run_ok(&[
+    job::run_ok(&[
         "replay",
         "--kafka",
         &broker.brokers(),
@@ -390,9 +301,9 @@ fn kafka_equals_file_replay_across_cluster_shapes_and_mirrors_offsets() {
 
 #[test]
 fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let mut broker = Tansu::start();
-    let (files, expected) = dataset(&tmp, 40_000, 4, 33, 1000);
+    let (files, expected) = replayed(&tmp, 40_000, 4, 33, 1000);
     produce(&broker, "payments", &files);
     let total: u64 = ends(&broker, "payments", 4).iter().sum();
     broker.create_topic("alerts", 3);
@@ -408,9 +319,9 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
 
     let mut lag_seen = false;
     let mut grew = false;
-    common::kill_at_five_moments(
+    job::kill_at_five_moments(
         || {
-            run_cmd(&config, &out, &["-w", "2", "--rate", "6000"])
+            job::run_command(&config, &out, &["-w", "2", "--rate", "6000"])
                 .spawn()
                 .unwrap()
         },
@@ -440,7 +351,7 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
     );
 
     // The broker dies mid-run and comes back: the job waits and finishes.
-    let child = run_cmd(&config, &out, &["-w", "2", "--rate", "10000"])
+    let child = job::run_command(&config, &out, &["-w", "2", "--rate", "10000"])
         .spawn()
         .unwrap();
     let before = manifests(&out);
@@ -466,11 +377,11 @@ fn kafka_kills_of_job_and_broker_end_in_equal_outputs() {
 
 #[test]
 fn null_binary_and_oversized_messages_are_rejects_not_crashes() {
-    use common::reference::{compute_records, RefParams};
     use tidemark_connectors::kafka::{produce_records, ProduceRecord};
-    let tmp = common::tempdir();
+    use tidemark_testkit::reference::{compute_records, RefParams};
+    let tmp = tempdir();
     let broker = Tansu::start();
-    let (files, _) = dataset(&tmp, 2_000, 2, 34, 500);
+    let (files, _) = replayed(&tmp, 2_000, 2, 34, 500);
     broker.create_topic("mixed", 2);
     // Each file's records, with a null value, binary garbage and a record
     // over max_record_bytes (2 KB of valid JSON) mixed in.
@@ -508,7 +419,7 @@ fn null_binary_and_oversized_messages_are_rejects_not_crashes() {
         "[validation]\nmax_record_bytes = 1000\n",
     );
     let out = tmp.join("out");
-    common::run_ok(&[
+    job::run_ok(&[
         "replay",
         "--kafka",
         &broker.brokers(),
@@ -569,36 +480,18 @@ fn produce_keyed(broker: &Tansu, topic: &str, rows: &[(i32, String, Vec<u8>)]) {
 
 #[test]
 fn merchants_from_a_compacted_topic_enrich_as_the_spec_says() {
-    use common::reference::{
+    use tidemark_testkit::reference::{
         compute_enriched, default_window_specs, read_records, RefParams, WindowKind, WindowSpec,
     };
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let broker = Tansu::start();
 
     // Transactions and their merchants table; the transactions go in as in
     // the other tests, file i to partition i.
     let input = tmp.join("in");
     let table = tmp.join("merchants.jsonl");
-    common::run_ok(&[
-        "generate",
-        "--output",
-        input.to_str().unwrap(),
-        "--events",
-        "30000",
-        "--partitions",
-        "4",
-        "--seed",
-        "34",
-        "--events-per-sec",
-        "200",
-        "--merchants",
-        table.to_str().unwrap(),
-    ]);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    generate_with_merchants(&input, 30_000, 4, 34, 200, &table);
+    let files = jsonl_files(&input);
     produce(&broker, "payments", &files);
 
     // The table keyed by merchant over two partitions of a compacted topic.
@@ -633,7 +526,9 @@ fn merchants_from_a_compacted_topic_enrich_as_the_spec_says() {
     );
     let out = tmp.join("kafka-reference");
     finish(
-        run_cmd(&config, &out, &["-w", "2"]).spawn().unwrap(),
+        job::run_command(&config, &out, &["-w", "2"])
+            .spawn()
+            .unwrap(),
         "kafka reference",
     );
 
@@ -716,17 +611,12 @@ fn spawn_logged(mut cmd: Command) -> (Child, std::thread::JoinHandle<String>) {
 /// job that let silent partitions go idle would move the frontier to the
 /// sparse partitions' watermark, past the dense partitions' unread records.
 fn outage_dataset(dir: &Path, broker: &Tansu, seed: u64) -> Outputs {
-    use common::reference::{compute_records, read_records, RefParams};
+    use tidemark_testkit::reference::{compute_records, read_records, RefParams};
     let mut files = Vec::new();
     for (name, events, per_sec) in [("dense", 40_000, 1000), ("sparse", 4_000, 20)] {
         let input = dir.join(name);
-        common::generate(&input, events, 4, seed, per_sec);
-        let mut f: Vec<PathBuf> = std::fs::read_dir(&input)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        f.sort();
-        files.extend(f);
+        generate(&input, events, 4, seed, per_sec);
+        files.extend(jsonl_files(&input));
     }
     produce(broker, "payments", &files);
     let records: Vec<Vec<Vec<u8>>> = files.iter().map(|f| read_records(f)).collect();
@@ -755,12 +645,12 @@ fn await_commits(job: &mut Child, out: &Path, n: usize) -> bool {
 /// warning naming the waiting partitions, and exactly the reference's
 /// outputs (no extra LATE).
 fn bounded_replay_rides_out(how: Outage, seed: u64) {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let mut broker = Tansu::start();
     let expected = outage_dataset(&tmp, &broker, seed);
     let config = write(&tmp, "outage.toml", OUTAGE_CONFIG);
     let out = tmp.join("out");
-    let mut cmd = Command::new(common::tidemark_bin());
+    let mut cmd = Command::new(job::bin());
     cmd.args([
         "replay",
         "--kafka",
@@ -810,7 +700,7 @@ fn a_broker_killed_for_a_minute_mid_replay_changes_nothing() {
 /// are exactly the reference's.
 #[test]
 fn a_following_job_rides_out_a_hung_and_a_killed_broker() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let mut broker = Tansu::start();
     let expected = outage_dataset(&tmp, &broker, 43);
     let total: u64 = ends(&broker, "payments", 8).iter().sum();
@@ -823,7 +713,11 @@ fn a_following_job_rides_out_a_hung_and_a_killed_broker() {
         ),
     );
     let out = tmp.join("out");
-    let (mut job, log) = spawn_logged(run_cmd(&follow, &out, &["-w", "2", "--rate", "3000"]));
+    let (mut job, log) = spawn_logged(job::run_command(
+        &follow,
+        &out,
+        &["-w", "2", "--rate", "3000"],
+    ));
     let running = await_commits(&mut job, &out, 2) && {
         outage(&mut broker, Outage::Hang);
         await_commits(&mut job, &out, manifests(&out) + 2)
@@ -856,7 +750,9 @@ fn a_following_job_rides_out_a_hung_and_a_killed_broker() {
     );
     let bounded = kafka_config(&tmp, &broker, "payments", "follower");
     finish(
-        run_cmd(&bounded, &out, &["-w", "2"]).spawn().unwrap(),
+        job::run_command(&bounded, &out, &["-w", "2"])
+            .spawn()
+            .unwrap(),
         "bounded restart",
     );
     let actual = read_committed(&out);

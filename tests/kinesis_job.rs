@@ -4,38 +4,30 @@
 //! split and a merge while producers write, they equal the SPEC computed
 //! from the producer's own log of what it put, shard by shard.
 
-mod common;
-#[path = "../connectors/tests/support/kinesalite.rs"]
-mod kinesalite;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::committed::{assert_same, read_committed};
-use common::reference::{compute_lineage, Outputs, RefParams};
-use kinesalite::Kinesalite;
 use tidemark_connectors::kinesis::{
     cmp_sequence, create_stream, discover_shards, merge_shards, put_lines_batched, put_record,
     split_shard, wait_stream_active, KinesisClient, KinesisSettings, ShardInfo,
 };
-
-const FAST_COMMITS: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n";
+use tidemark_testkit::committed::{assert_same, manifests, read_committed};
+use tidemark_testkit::datasets::replayed;
+use tidemark_testkit::job::{self, finish, FAST_COMMITS};
+use tidemark_testkit::kinesalite::Kinesalite;
+use tidemark_testkit::launch::dummy_aws_env;
+use tidemark_testkit::reference::{compute_lineage, RefParams};
+use tidemark_testkit::{cluster, scrape, tempdir, write};
 
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 fn client(server: &Kinesalite) -> KinesisClient {
@@ -48,35 +40,6 @@ fn new_stream(c: &KinesisClient, stream: &str, shards: u32) -> Vec<ShardInfo> {
     create_stream(c, stream, shards).unwrap();
     wait_stream_active(c, stream, Duration::from_secs(30)).unwrap();
     discover_shards(c, stream).unwrap()
-}
-
-/// Generates `partitions` files and replays them: the expected outputs.
-fn dataset(
-    dir: &Path,
-    events: u64,
-    partitions: u32,
-    seed: u64,
-    rate: u64,
-) -> (Vec<PathBuf>, Outputs) {
-    let input = dir.join("in");
-    common::generate(&input, events, partitions, seed, rate);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let config = write(dir, "files.toml", FAST_COMMITS);
-    let out = dir.join("from-files");
-    common::run_ok(&[
-        "replay",
-        "--input",
-        &format!("{}/*.jsonl", input.display()),
-        "--output",
-        out.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    (files, read_committed(&out))
 }
 
 /// File i's lines, in order, into shard i (ExplicitHashKey in its range):
@@ -105,40 +68,15 @@ fn kinesis_config(dir: &Path, server: &Kinesalite, stream: &str, extra: &str) ->
 }
 
 fn tidemark(args: &[&str]) -> Command {
-    let mut c = Command::new(common::tidemark_bin());
-    c.args(args)
-        .env("TIDEMARK_LOG", "warn")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut c = job::command(args);
+    dummy_aws_env(&mut c);
     c
 }
 
 fn run_cmd(config: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut args = vec![
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    tidemark(&args)
-}
-
-fn finish(c: Child, what: &str) {
-    let o = c.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn manifests(root: &Path) -> usize {
-    std::fs::read_dir(root.join("manifests")).map_or(0, |d| d.count())
+    let mut c = job::run_command(config, out, extra);
+    dummy_aws_env(&mut c);
+    c
 }
 
 fn verify(out: &Path) {
@@ -152,13 +90,13 @@ fn verify(out: &Path) {
 
 #[test]
 fn kinesis_equals_file_replay_on_one_and_two_processes() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let server = Kinesalite::start();
     let c = client(&server);
-    let (files, expected) = dataset(&tmp, 40_000, 4, 41, 2000);
+    let (files, expected) = replayed(&tmp, 40_000, 4, 41, 2000);
     let shards = new_stream(&c, "payments", 4);
     put_files(&c, "payments", &shards, &files);
-    let port = common::scrape::free_port();
+    let port = tidemark_testkit::free_port();
     let config = kinesis_config(
         &tmp,
         &server,
@@ -189,8 +127,8 @@ fn kinesis_equals_file_replay_on_one_and_two_processes() {
     // shard's MillisBehindLatest, the Kinesis lag the alerts watch.
     let mut last = None;
     while job.try_wait().unwrap().is_none() {
-        if let Some((200, body)) = common::scrape::get(port, "/metrics") {
-            last = Some(common::scrape::parse(&body));
+        if let Some((200, body)) = scrape::get(port, "/metrics") {
+            last = Some(scrape::parse(&body));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -215,39 +153,16 @@ fn kinesis_equals_file_replay_on_one_and_two_processes() {
         &format!("end = \"{}\"\n", now_ms()),
     );
     let out = tmp.join("run-2x1");
-    let hostfile = common::hostfile(&tmp, 2);
-    let children: Vec<Child> = (0..2)
-        .map(|p| {
-            run_cmd(
-                &bounded,
-                &out,
-                &[
-                    "-w",
-                    "1",
-                    "-n",
-                    "2",
-                    "-p",
-                    &p.to_string(),
-                    "-h",
-                    hostfile.to_str().unwrap(),
-                ],
-            )
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for (i, c) in children.into_iter().enumerate() {
-        finish(c, &format!("process {i}"));
-    }
+    cluster::run(&tmp, 2, 1, |args| run_cmd(&bounded, &out, args));
     assert_same(&expected, &read_committed(&out));
 }
 
 #[test]
 fn kinesis_kills_at_five_moments_end_equal() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let server = Kinesalite::start();
     let c = client(&server);
-    let (files, expected) = dataset(&tmp, 40_000, 4, 43, 1000);
+    let (files, expected) = replayed(&tmp, 40_000, 4, 43, 1000);
     let shards = new_stream(&c, "payments", 4);
     put_files(&c, "payments", &shards, &files);
     // The end is fixed before the first start, so every restart reads the
@@ -259,7 +174,7 @@ fn kinesis_kills_at_five_moments_end_equal() {
         &format!("end = \"{}\"\n", now_ms() + 1),
     );
     let out = tmp.join("out");
-    common::kill_at_five_moments(
+    job::kill_at_five_moments(
         || {
             run_cmd(&config, &out, &["-w", "2", "--rate", "6000"])
                 .spawn()
@@ -343,7 +258,7 @@ fn produce(
 
 #[test]
 fn resharding_mid_run_loses_and_repeats_nothing() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let server = Kinesalite::start();
     let c = client(&server);
     let shards = new_stream(&c, "live", 4);

@@ -3,17 +3,17 @@
 //! real scrape, and SIGTERM stops at a commit from which a restart finishes
 //! with outputs equal to an uninterrupted run.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::committed::{assert_same, read_committed};
-use common::reference::WindowRow;
-use common::scrape::{free_port, get, scrape, sum, Sample};
+use tidemark_testkit::committed::{assert_same, manifests, newest_epoch, read_committed};
+use tidemark_testkit::datasets::generate;
+use tidemark_testkit::reference::WindowRow;
+use tidemark_testkit::scrape::{get, scrape, sum, Sample};
+use tidemark_testkit::{free_port, job, tempdir};
 
 fn config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
     let p = dir.join(format!("job-{port}.toml"));
@@ -29,30 +29,9 @@ fn config(dir: &Path, port: u16, extra: &str) -> std::path::PathBuf {
 }
 
 fn replay(input: &str, out: &Path, config: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(common::tidemark_bin());
-    c.args([
-        "replay",
-        "--input",
-        input,
-        "--output",
-        out.to_str().unwrap(),
-    ])
-    .args(["--config", config.to_str().unwrap(), "-w", "2"])
-    .args(extra)
-    .env("TIDEMARK_LOG", "warn")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut c = job::replay_command(input, out, config, &["-w", "2"]);
+    c.args(extra).stdout(Stdio::piped());
     c
-}
-
-fn manifests(root: &Path) -> usize {
-    std::fs::read_dir(root.join("manifests")).map_or(0, |d| {
-        d.filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            name.to_string_lossy().ends_with(".json")
-        })
-        .count()
-    })
 }
 
 /// Every `tidemark_*` name in the alert rules and the dashboard.
@@ -90,9 +69,9 @@ fn exported(samples: &[Sample]) -> BTreeSet<String> {
 
 #[test]
 fn metrics_agree_with_the_committed_outputs() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     // Duplicates, late records and every reject reason, in 8 partitions.
-    let input = common::generate(&tmp.join("in"), 80_000, 8, 17, 5000);
+    let input = generate(&tmp.join("in"), 80_000, 8, 17, 5000);
     let port = free_port();
     let cfg = config(&tmp, port, "linger = \"60s\"\n");
     let out = tmp.join("out");
@@ -218,8 +197,8 @@ fn metrics_agree_with_the_committed_outputs() {
 
 /// A run interrupted by a stop signal and restarted equals a clean run.
 fn stop_and_resume(signals: usize, expect_code: i32) {
-    let tmp = common::tempdir();
-    let input = common::generate(&tmp.join("in"), 100_000, 8, 29, 5000);
+    let tmp = tempdir();
+    let input = generate(&tmp.join("in"), 100_000, 8, 29, 5000);
     let port = free_port();
     // A wall-time floor between commits, as in production: the stop must
     // commit without waiting for it.
@@ -291,21 +270,6 @@ fn stop_and_resume(signals: usize, expect_code: i32) {
     let o = replay(&input, &out, cfg, &[]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same(&expected, &read_committed(&out));
-}
-
-fn newest_epoch(root: &Path) -> i64 {
-    let mut names: Vec<String> = std::fs::read_dir(root.join("manifests"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
-    names
-        .last()
-        .unwrap()
-        .trim_end_matches(".json")
-        .parse()
-        .unwrap()
 }
 
 #[test]

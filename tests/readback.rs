@@ -4,24 +4,15 @@
 //! `window=` folders, on a local root and on an S3 root (moto), must count
 //! exactly what `tidemark inspect` reports.
 
-mod common;
-use tidemark_testkit::moto;
-
 use std::path::Path;
 use std::process::Command;
+
+use tidemark_testkit::datasets::generate;
+use tidemark_testkit::{job, moto, tempdir};
 
 /// Many epochs with transactions: 40 s of event time, a short dedup horizon.
 const CONFIG: &str =
     "[checkpoint]\ninterval = \"2s\"\nmin_wall_interval = \"0\"\n\n[dedup]\nhorizon = \"5s\"\n";
-
-fn with_s3_env<'a>(c: &'a mut Command, endpoint: &str) -> &'a mut Command {
-    c.env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-}
 
 fn ok(c: &mut Command) -> String {
     let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
@@ -35,13 +26,13 @@ fn ok(c: &mut Command) -> String {
 }
 
 fn check(root: &str, endpoint: &str) {
-    let inspect: serde_json::Value = serde_json::from_str(&ok(with_s3_env(
-        Command::new(common::tidemark_bin()).args(["inspect", root, "--json"]),
+    let inspect: serde_json::Value = serde_json::from_str(&ok(moto::client_env(
+        Command::new(job::bin()).args(["inspect", root, "--json"]),
         endpoint,
     )))
     .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readback/read_outputs.py");
-    let read: serde_json::Value = serde_json::from_str(&ok(with_s3_env(
+    let read: serde_json::Value = serde_json::from_str(&ok(moto::client_env(
         Command::new("python3").arg(&script).arg(root),
         endpoint,
     )))
@@ -71,28 +62,18 @@ fn check(root: &str, endpoint: &str) {
 #[test]
 fn duckdb_reads_what_inspect_counts_locally_and_on_s3() {
     let endpoint = moto::shared().endpoint.clone();
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let input = tmp.join("in");
-    let input = common::generate(&input, 40_000, 4, 17, 1000);
+    let input = generate(&input, 40_000, 4, 17, 1000);
     let config = tmp.join("job.toml");
     std::fs::write(&config, CONFIG).unwrap();
 
-    let s3 = {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        let opts = tidemark_checkpoint::s3::S3Options {
-            endpoint: Some(endpoint.clone()),
-            region: Some("us-east-1".into()),
-            path_style: Some(true),
-        };
-        let st = tidemark_checkpoint::s3::S3Storage::new("s3://tm-readback/out", &opts).unwrap();
-        st.create_bucket().unwrap();
-        "s3://tm-readback/out".to_owned()
-    };
+    let s3 = "s3://tm-readback/out".to_owned();
+    moto::bucket(&endpoint, &s3);
     let local = tmp.join("out").to_str().unwrap().to_owned();
     for root in [local, s3] {
-        ok(with_s3_env(
-            Command::new(common::tidemark_bin())
+        ok(moto::client_env(
+            Command::new(job::bin())
                 .args(["replay", "--input", &input, "--output", &root, "-w", "2"])
                 .args(["--rate", "20000"])
                 .args(["--config", config.to_str().unwrap()])

@@ -1,13 +1,12 @@
-//! Tests of the test oracle (tests/common/reference.rs) on tiny hand-written
+//! Tests of the test oracle (`tidemark_testkit::reference`) on tiny hand-written
 //! inputs with hand-computed expectations, and the main end-to-end check:
 //! a replay's committed outputs equal the reference's.
 #![allow(clippy::type_complexity)]
 
-mod common;
-
-use std::path::PathBuf;
-
-use common::reference::{
+use tidemark_testkit::committed::{assert_same, read_committed};
+use tidemark_testkit::datasets::{generate, jsonl_files};
+use tidemark_testkit::job::run_ok;
+use tidemark_testkit::reference::{
     self, amount_cents, compute, compute_enriched, compute_files_enriched, compute_lineage,
     compute_records, parse_json, parse_timestamp, AnomalyRow, Json, Outputs, RefParams, WindowKind,
     WindowRow, WindowSpec,
@@ -381,7 +380,7 @@ fn reject_rows_keep_raw_bytes() {
 
 #[test]
 fn files_lines_and_partition_order() {
-    let dir = common::tempdir();
+    let dir = tidemark_testkit::tempdir();
     let a = simple("a1", 0);
     let b = simple("b1", 0);
     // b.jsonl: CRLF lines, no final newline; the \r stays in each record.
@@ -1649,7 +1648,7 @@ fn unenriched_computations_have_null_enriched_fields() {
     none(&run(&[vec![line.clone()]]));
     let parts = to_bytes(&[vec![line.clone()]]);
     none(&compute_lineage(&parts, &[None], &RefParams::default()));
-    let dir = common::tempdir();
+    let dir = tidemark_testkit::tempdir();
     let files = vec![dir.join("t.jsonl")];
     std::fs::write(&files[0], format!("{line}\n")).unwrap();
     none(&compute(&files, &RefParams::default()));
@@ -1660,7 +1659,7 @@ fn unenriched_computations_have_null_enriched_fields() {
 
 #[test]
 fn enriched_files_are_partitions_in_sorted_path_order() {
-    let dir = common::tempdir();
+    let dir = tidemark_testkit::tempdir();
     let at = 10 * MIN;
     // b.jsonl is reference partition 1 (sorted after a.jsonl.gz), so its
     // tying row wins; its broken line is a reject of partition 1, offset 1.
@@ -1701,24 +1700,11 @@ fn enriched_files_are_partitions_in_sorted_path_order() {
 
 #[test]
 fn reference_equals_replay() {
-    let tmp = common::tempdir();
+    let tmp = tidemark_testkit::tempdir();
     let input = tmp.join("in");
     let output = tmp.join("out");
-    common::run_ok(&[
-        "generate",
-        "--output",
-        input.to_str().unwrap(),
-        "--events",
-        "160000",
-        "--partitions",
-        "8",
-        "--seed",
-        "7",
-        "--events-per-sec",
-        "100",
-    ]);
-    let pattern = format!("{}/*.jsonl", input.display());
-    common::run_ok(&[
+    let pattern = generate(&input, 160_000, 8, 7, 100);
+    run_ok(&[
         "replay",
         "--input",
         &pattern,
@@ -1726,12 +1712,7 @@ fn reference_equals_replay() {
         output.to_str().unwrap(),
     ]);
 
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&input)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".jsonl"))
-        .collect();
-    files.sort();
+    let files = jsonl_files(&input);
     assert_eq!(files.len(), 8, "generated files: {files:?}");
     let records: usize = files.iter().map(|f| reference::read_records(f).len()).sum();
 
@@ -1772,8 +1753,8 @@ fn reference_equals_replay() {
         !expected.transactions.is_empty(),
         "the generated input has no valid transactions"
     );
-    let actual = common::committed::read_committed(&output);
-    common::committed::assert_same(&expected, &actual);
+    let actual = read_committed(&output);
+    assert_same(&expected, &actual);
 
     let accounted = actual.transactions.len() + actual.duplicates as usize + actual.rejects.len();
     assert_eq!(

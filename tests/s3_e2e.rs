@@ -4,55 +4,31 @@
 //! retention keeps; two jobs on one S3 root leave one committing; a replay
 //! whose input lives on S3 equals the same replay from local files.
 
-mod common;
-use tidemark_testkit::moto;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::committed::{assert_same, read_committed};
-use tidemark_checkpoint::s3::{S3Options, S3Storage};
 use tidemark_checkpoint::storage::Storage;
+use tidemark_testkit::committed::{assert_same, manifests, read_committed};
+use tidemark_testkit::datasets::generate;
+use tidemark_testkit::job::{self, FAST_COMMITS};
+use tidemark_testkit::{layout, moto, tempdir};
 
-const FAST_COMMITS: &str =
-    "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\nretain = 3\n";
-
-fn s3_env(cmd: &mut Command, endpoint: &str) {
-    cmd.env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE");
+/// [`FAST_COMMITS`], keeping the newest three commits.
+fn fast_commits() -> String {
+    format!("{FAST_COMMITS}retain = 3\n")
 }
 
-fn bucket(endpoint: &str, name: &str) -> Arc<S3Storage> {
-    // The test process talks to moto with the same dummy credentials.
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-    let opts = S3Options {
-        endpoint: Some(endpoint.to_owned()),
-        region: Some("us-east-1".into()),
-        path_style: Some(true),
-    };
-    let st = S3Storage::new(&format!("s3://{name}/out"), &opts).unwrap();
-    st.create_bucket().unwrap();
-    Arc::new(st)
+/// A store on `s3://<name>/out`, its bucket created.
+fn bucket(endpoint: &str, name: &str) -> Arc<dyn Storage> {
+    Arc::new(moto::bucket(endpoint, &format!("s3://{name}/out")))
 }
 
 fn tidemark(endpoint: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(common::tidemark_bin());
+    let mut c = Command::new(job::bin());
     c.args(args).env("TIDEMARK_LOG", "warn");
-    s3_env(&mut c, endpoint);
+    moto::client_env(&mut c, endpoint);
     c
-}
-
-fn manifests(st: &dyn Storage) -> usize {
-    st.list("manifests/")
-        .unwrap()
-        .iter()
-        .filter(|k| k.ends_with(".json"))
-        .count()
 }
 
 /// Copies the whole root to a local directory, to read it like a local one.
@@ -76,11 +52,11 @@ fn run_ok(mut c: Command) {
 #[test]
 fn crashes_and_damage_on_s3_end_in_equal_outputs() {
     let endpoint = moto::shared().endpoint.clone();
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let input_dir = tmp.join("in");
-    let input = common::generate(&input_dir, 80_000, 4, 3, 5000);
+    let input = generate(&input_dir, 80_000, 4, 3, 5000);
     let config = tmp.join("job.toml");
-    std::fs::write(&config, FAST_COMMITS).unwrap();
+    std::fs::write(&config, fast_commits()).unwrap();
     let config = config.to_str().unwrap();
 
     let clean = tmp.join("clean");
@@ -97,7 +73,7 @@ fn crashes_and_damage_on_s3_end_in_equal_outputs() {
 
     let st = bucket(&endpoint, "tm-crash");
     let root = "s3://tm-crash/out";
-    common::kill_at_five_moments(
+    job::kill_at_five_moments(
         || {
             replay(root, &["--rate", "20000"])
                 .stdout(Stdio::null())
@@ -125,7 +101,7 @@ fn crashes_and_damage_on_s3_end_in_equal_outputs() {
 
     run_ok(replay(root, &[]));
     run_ok(tidemark(&endpoint, &["verify", root]));
-    let commits = common::layout::assert_retained(&*st, 3);
+    let commits = layout::assert_retained(&*st, 3);
     assert!(commits > 5);
     let local = tmp.join("from-s3");
     download(&*st, &local);
@@ -135,12 +111,12 @@ fn crashes_and_damage_on_s3_end_in_equal_outputs() {
 #[test]
 fn two_jobs_on_one_s3_root_exactly_one_commits() {
     let endpoint = moto::shared().endpoint.clone();
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let input_dir = tmp.join("in");
-    common::generate(&input_dir, 40_000, 4, 9, 5000);
+    generate(&input_dir, 40_000, 4, 9, 5000);
     let input = format!("{}/*.jsonl", input_dir.display());
     let config = tmp.join("job.toml");
-    std::fs::write(&config, FAST_COMMITS).unwrap();
+    std::fs::write(&config, fast_commits()).unwrap();
     let config = config.to_str().unwrap();
     let replay = |out: &str, extra: &[&str]| {
         let mut args = vec![
@@ -164,7 +140,7 @@ fn two_jobs_on_one_s3_root_exactly_one_commits() {
                 .unwrap()
         })
         .collect();
-    common::assert_one_job_wins(jobs);
+    job::assert_one_job_wins(jobs);
     run_ok(tidemark(&endpoint, &["verify", root]));
     let local = tmp.join("from-s3");
     download(&*st, &local);
@@ -174,11 +150,11 @@ fn two_jobs_on_one_s3_root_exactly_one_commits() {
 #[test]
 fn replay_from_s3_inputs_equals_replay_from_local_files() {
     let endpoint = moto::shared().endpoint.clone();
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let input_dir = tmp.join("in");
-    common::generate(&input_dir, 40_000, 4, 21, 5000);
+    generate(&input_dir, 40_000, 4, 21, 5000);
     let config = tmp.join("job.toml");
-    std::fs::write(&config, FAST_COMMITS).unwrap();
+    std::fs::write(&config, fast_commits()).unwrap();
     let config = config.to_str().unwrap();
     let replay = |input: &str, out: &Path| {
         tidemark(

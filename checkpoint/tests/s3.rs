@@ -9,7 +9,7 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Once};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 use tidemark_checkpoint::commit_log;
 use tidemark_checkpoint::manifest::{
@@ -19,20 +19,13 @@ use tidemark_checkpoint::manifest::{
 use tidemark_checkpoint::s3::{S3Options, S3Storage};
 use tidemark_checkpoint::storage::{self, Storage};
 use tidemark_testkit::cut_proxy::CutProxy;
+use tidemark_testkit::launch::dummy_aws_credentials;
 use tidemark_testkit::moto;
 
-/// Dummy credentials through the SDK's standard chain (environment), set
-/// once before any client exists.
+/// The shared moto server, with dummy credentials set before any client
+/// exists (every test calls `setup` first).
 fn setup() -> &'static moto::Moto {
-    static ENV: Once = Once::new();
-    ENV.call_once(|| {
-        // Every test calls `setup` first, so no other thread reads the
-        // environment while it is written.
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::remove_var("AWS_SESSION_TOKEN");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    });
+    dummy_aws_credentials();
     moto::shared()
 }
 

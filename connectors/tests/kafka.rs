@@ -1,20 +1,16 @@
 //! The Kafka connector against a real broker (tansu, started per test).
 //! Every test compares whole outputs with what it produced.
 
-mod support {
-    pub mod tansu;
-}
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::tansu::Tansu;
 use tidemark_connectors::kafka::{
     commit_offsets, committed_offsets, high_watermarks, offsets_for_time, open_readers,
     partition_metrics, produce_lines, produce_records, KafkaPartition, KafkaReader, KafkaSettings,
     PartitionMetrics, ProduceRecord, StartAt,
 };
 use tidemark_dataflow::source::{PartitionReader, Poll, RawBatch};
+use tidemark_testkit::tansu::Tansu;
 
 type Records = Vec<(u64, Vec<u8>)>;
 

@@ -1,16 +1,11 @@
 //! The Kinesis connector against a real Kinesis API server (kinesalite,
 //! started per test). Every test compares whole sequences with what it put.
 
-mod support {
-    pub mod kinesalite;
-}
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::kinesalite::Kinesalite;
 use tidemark_connectors::kinesis::{
     create_stream, discover_shards, merge_shards, put_record, put_records_to_shard,
     shard_read_to_end, split_shard, KinesisClient, KinesisSettings, KinesisShardReader, Lineage,
@@ -18,6 +13,7 @@ use tidemark_connectors::kinesis::{
 };
 use tidemark_connectors::kpl;
 use tidemark_dataflow::source::{PartitionReader, Poll, RawBatch};
+use tidemark_testkit::kinesalite::Kinesalite;
 
 type Records = Vec<(u64, Vec<u8>)>;
 

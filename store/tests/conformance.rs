@@ -2,8 +2,8 @@
 //! backend: local disk, memory, and S3 through a real S3 API server (moto,
 //! started on loopback; without it this test fails, it never skips).
 
-use std::sync::{Arc, Once};
-use tidemark_store::{conformance, LocalStorage, MemoryStorage, S3Options, S3Storage, TempDir};
+use std::sync::Arc;
+use tidemark_store::{conformance, LocalStorage, MemoryStorage, TempDir};
 use tidemark_testkit::moto;
 
 #[test]
@@ -19,20 +19,7 @@ fn memory_keeps_the_contract() {
 
 #[test]
 fn s3_keeps_the_contract() {
-    static ENV: Once = Once::new();
-    ENV.call_once(|| {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::remove_var("AWS_SESSION_TOKEN");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    });
     let server = moto::shared();
-    let opts = S3Options {
-        endpoint: Some(server.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        path_style: Some(true),
-    };
-    let st = S3Storage::new("s3://conformance/root/", &opts).unwrap();
-    st.create_bucket().unwrap();
+    let st = moto::bucket(&server.endpoint, "s3://conformance/root/");
     conformance::run(Arc::new(st));
 }

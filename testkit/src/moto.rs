@@ -1,5 +1,6 @@
 //! A real S3 API server for tests: moto (`python3 -m moto.server`), started
-//! on a free loopback port and killed on drop.
+//! on a free loopback port and killed on drop; [`bucket`] makes a store on
+//! it and [`client_env`] points a child process at it.
 //!
 //! moto must be installed (`pip install 'moto[server]'`); when it is not, the
 //! helper panics with that instruction: tests never skip silently.
@@ -9,6 +10,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use tidemark_store::{S3Options, S3Storage};
+
+use crate::launch::{dummy_aws_credentials, dummy_aws_env};
 
 /// A running moto server.
 pub struct Moto {
@@ -105,6 +110,33 @@ impl Moto {
 pub fn shared() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(Moto::start)
+}
+
+/// A store at `url` (`s3://bucket/prefix`) on the moto server at
+/// `endpoint` (path-style), with its bucket created; the test process's
+/// dummy credentials are set first ([`dummy_aws_credentials`]).
+pub fn bucket(endpoint: &str, url: &str) -> S3Storage {
+    dummy_aws_credentials();
+    let opts = S3Options {
+        endpoint: Some(endpoint.to_owned()),
+        region: Some("us-east-1".into()),
+        path_style: Some(true),
+    };
+    let st = S3Storage::new(url, &opts).unwrap_or_else(|e| panic!("{url}: {e:#}"));
+    st.create_bucket()
+        .unwrap_or_else(|e| panic!("creating the bucket of {url}: {e:#}"));
+    st
+}
+
+/// What a child process (`tidemark`, a reader script) needs to reach the
+/// moto server at `endpoint` through the standard AWS environment: the
+/// endpoint, dummy credentials, the region, and no profile.
+pub fn client_env<'a>(cmd: &'a mut Command, endpoint: &str) -> &'a mut Command {
+    dummy_aws_env(cmd)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
 }
 
 /// Whether an HTTP server answers `GET /` at `addr`.

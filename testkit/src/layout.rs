@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use tidemark_checkpoint::storage::Storage;
+use tidemark_store::Storage;
 
 fn json(st: &dyn Storage, key: &str) -> serde_json::Value {
     let bytes = st

@@ -1,12 +1,13 @@
 //! Reads a tidemark output root the way SPEC 8 says readers must: only
 //! through committed manifests, verifying every listed file (size, sha256,
 //! row count), and turns the Parquet rows into the normalized rows of
-//! `reference.rs`. Also `assert_same`, the comparison the end-to-end tests use.
+//! [`crate::reference`]. Also [`assert_same`], the comparison the end-to-end
+//! tests use, and [`manifests`]: how many epochs a root has committed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -16,12 +17,75 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
+use tidemark_store::Storage;
 
-use super::reference::{
+use crate::reference::{
     civil_from_days, AnomalyRow, Outputs, RejectRow, TransactionRow, WindowRow,
 };
 
 pub const MANIFEST_FORMAT: &str = "tidemark-manifest/1";
+
+/// An output root whose committed manifests can be listed: a local
+/// directory (`Path`, `PathBuf`) or a store (`dyn Storage`, e.g. on S3).
+pub trait Root {
+    /// The file names of the public manifests (`manifests/*.json`),
+    /// sorted (so by epoch); none while the root does not exist yet.
+    /// Temporary files of a write in progress are not manifests.
+    fn manifest_names(&self) -> Vec<String>;
+}
+
+impl Root for Path {
+    fn manifest_names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(self.join("manifests")).map_or(Vec::new(), |d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".json"))
+                    .collect()
+            });
+        names.sort();
+        names
+    }
+}
+
+impl Root for PathBuf {
+    fn manifest_names(&self) -> Vec<String> {
+        self.as_path().manifest_names()
+    }
+}
+
+impl Root for dyn Storage {
+    fn manifest_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .list("manifests/")
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.ends_with(".json"))
+            .map(|k| k.trim_start_matches("manifests/").to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// The sorted file names of the committed public manifests of `root`.
+pub fn manifest_names<R: Root + ?Sized>(root: &R) -> Vec<String> {
+    root.manifest_names()
+}
+
+/// How many epochs `root` has committed (public manifests), 0 before any.
+pub fn manifests<R: Root + ?Sized>(root: &R) -> usize {
+    root.manifest_names().len()
+}
+
+/// The newest committed epoch of `root` (its event-time boundary).
+pub fn newest_epoch<R: Root + ?Sized>(root: &R) -> i64 {
+    let names = root.manifest_names();
+    let newest = names.last().expect("a committed manifest");
+    newest
+        .trim_end_matches(".json")
+        .parse()
+        .unwrap_or_else(|e| panic!("manifest name {newest}: {e}"))
+}
 
 /// The committed outputs under `root`: the union of the files listed by every
 /// `<root>/manifests/*.json`, each verified against its manifest entry.
@@ -671,5 +735,47 @@ pub fn assert_same(expected: &Outputs, actual: &Outputs) {
             "committed outputs differ from the reference:\n{}",
             report.join("\n\n")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_count_only_published_json_in_name_order() {
+        let root = crate::tempdir();
+        assert_eq!(manifests(&root), 0, "no root yet");
+        let dir = root.join("manifests");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "00000000000000002000.json",
+            "00000000000000001000.json",
+            // A write in progress (LocalStorage's temporary file).
+            "00000000000000003000.json.tmp-1-1",
+        ] {
+            std::fs::write(dir.join(name), b"{}").unwrap();
+        }
+        assert_eq!(manifests(&root), 2);
+        assert_eq!(manifests(root.as_path()), 2);
+        assert_eq!(
+            manifest_names(&root),
+            ["00000000000000001000.json", "00000000000000002000.json"]
+        );
+        assert_eq!(newest_epoch(&root), 2000);
+    }
+
+    #[test]
+    fn manifests_of_a_store_are_the_same_count() {
+        let st: std::sync::Arc<dyn Storage> =
+            std::sync::Arc::new(tidemark_store::MemoryStorage::new());
+        assert_eq!(manifests(&*st), 0);
+        st.put("manifests/00000000000000001000.json", b"{}")
+            .unwrap();
+        st.put("manifests/00000000000000002000.json", b"{}")
+            .unwrap();
+        st.put("_commits/00000000000000000001.json", b"{}").unwrap();
+        assert_eq!(manifests(&*st), 2);
+        assert_eq!(newest_epoch(&*st), 2000);
     }
 }

@@ -3,66 +3,36 @@
 //! process, via PDEATHSIG). Each test starts its own (ready in well under a
 //! second), with the simulated stream-state delays turned off.
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
-use std::time::{Duration, Instant};
+
+use crate::launch::{dummy_aws_credentials, free_port, spawn_listening, tool};
 
 /// `KINESALITE_CLI`, else
 /// `$TIDEMARK_TOOLS/kinesalite/node_modules/kinesalite/cli.js` (default
 /// `$HOME/.cache/tidemark-tools`). Missing: the test fails, never skips.
 pub fn cli() -> PathBuf {
-    if let Some(c) = std::env::var_os("KINESALITE_CLI") {
-        return PathBuf::from(c);
-    }
-    let tools = std::env::var_os("TIDEMARK_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/tidemark-tools")
-        });
-    let cli = tools.join("kinesalite/node_modules/kinesalite/cli.js");
-    assert!(
-        cli.is_file(),
-        "kinesalite is not installed at {}: run scripts/kinesalite-install (or set KINESALITE_CLI)",
-        cli.display()
-    );
-    cli
+    tool(
+        "kinesalite",
+        "KINESALITE_CLI",
+        "kinesalite/node_modules/kinesalite/cli.js",
+        "scripts/kinesalite-install",
+    )
 }
 
-/// Dummy credentials through the SDK's standard chain (environment), set
-/// once before any client exists: every test starts a server first, so no
-/// other thread reads the environment while it is written.
-fn credentials() {
-    static ENV: Once = Once::new();
-    ENV.call_once(|| {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::remove_var("AWS_SESSION_TOKEN");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    });
-}
-
+/// A running server.
 pub struct Kinesalite {
     pub port: u16,
     log: PathBuf,
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Kinesalite {
+    /// Starts a server; also sets the process's dummy AWS credentials
+    /// ([`dummy_aws_credentials`]) for the clients the test makes.
     pub fn start() -> Kinesalite {
-        credentials();
+        dummy_aws_credentials();
         static N: AtomicU32 = AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
             "tidemark-kinesalite-{}-{}.log",
@@ -93,7 +63,7 @@ impl Kinesalite {
 }
 
 /// Starts the server on `port`; the child once it accepts connections.
-fn launch(cli: &PathBuf, port: u16, log: &PathBuf) -> Option<Child> {
+fn launch(cli: &Path, port: u16, log: &Path) -> Option<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -108,30 +78,11 @@ fn launch(cli: &PathBuf, port: u16, log: &PathBuf) -> Option<Child> {
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
-    // The server dies with the test thread that started it, even when the
-    // test process is killed.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| {
-        panic!("spawning node for kinesalite: {e}; run scripts/kinesalite-install")
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return None;
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(child);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+    spawn_listening(
+        &mut cmd,
+        port,
+        "node for kinesalite (run scripts/kinesalite-install)",
+    )
 }
 
 impl Drop for Kinesalite {

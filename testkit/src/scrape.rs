@@ -8,14 +8,6 @@ use std::time::Duration;
 /// One sample: metric name, labels, value.
 pub type Sample = (String, BTreeMap<String, String>, f64);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `GET path` over plain HTTP/1.0: (status, body); None if nobody listens.
 pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -54,6 +46,7 @@ pub fn parse(text: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// `GET /metrics`, which must answer 200: its samples.
 pub fn scrape(port: u16) -> Vec<Sample> {
     let (status, body) = get(port, "/metrics").expect("scrape");
     assert_eq!(status, 200);
@@ -72,4 +65,28 @@ pub fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
         })
         .map(|s| s.2)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_labels_and_values_and_sums_by_label() {
+        let text = "# HELP x y\n# TYPE tidemark_rejects_total counter\n\
+            tidemark_rejects_total{reason=\"LATE\",source=\"transactions\"} 3\n\
+            tidemark_rejects_total{reason=\"MALFORMED\",source=\"transactions\"} 4\n\
+            tidemark_frontier_timestamp_seconds 1.5\n";
+        let s = parse(text);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].0, "tidemark_rejects_total");
+        assert_eq!(s[0].1["reason"], "LATE");
+        assert_eq!(s[0].1["source"], "transactions");
+        assert_eq!(sum(&s, "tidemark_rejects_total", &[]), 7.0);
+        assert_eq!(
+            sum(&s, "tidemark_rejects_total", &[("reason", "MALFORMED")]),
+            4.0
+        );
+        assert_eq!(sum(&s, "tidemark_frontier_timestamp_seconds", &[]), 1.5);
+    }
 }

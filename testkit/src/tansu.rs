@@ -3,47 +3,30 @@
 //! starts its own (ready in well under a second), so a test that kills its
 //! broker disturbs no other.
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::launch::{free_port, spawn_listening, tool};
+
 /// `TANSU_BIN`, else `$TIDEMARK_TOOLS/tansu/bin/tansu` (default
 /// `$HOME/.cache/tidemark-tools`). Missing: the test fails, never skips.
 pub fn binary() -> PathBuf {
-    if let Some(b) = std::env::var_os("TANSU_BIN") {
-        return PathBuf::from(b);
-    }
-    let tools = std::env::var_os("TIDEMARK_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/tidemark-tools")
-        });
-    let bin = tools.join("tansu/bin/tansu");
-    assert!(
-        bin.is_file(),
-        "the tansu broker is not installed at {}: run scripts/tansu-install (or set TANSU_BIN)",
-        bin.display()
-    );
-    bin
+    tool(
+        "the tansu broker",
+        "TANSU_BIN",
+        "tansu/bin/tansu",
+        "scripts/tansu-install",
+    )
 }
 
+/// A running broker.
 pub struct Tansu {
     bin: PathBuf,
     dir: PathBuf,
     pub port: u16,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Tansu {
@@ -105,29 +88,13 @@ impl Tansu {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // The broker dies with the test thread that started it, even when
-        // the test process is killed.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("spawning tansu");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+        match spawn_listening(&mut cmd, self.port, "tansu") {
+            Some(child) => {
                 self.child = Some(child);
-                return true;
+                true
             }
-            std::thread::sleep(Duration::from_millis(20));
+            None => false,
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
     }
 
     /// SIGKILL, as a crash would.

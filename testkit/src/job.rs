@@ -1,0 +1,155 @@
+//! Running the `tidemark` binary under test: finding it, commands with the
+//! tests' defaults, and the crash and fencing drills the end-to-end tests
+//! share.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Many small epochs (one a second of event time, no wall-time floor), so
+/// that kills land between commits.
+pub const FAST_COMMITS: &str = "[checkpoint]\ninterval = \"1s\"\nmin_wall_interval = \"0\"\n";
+
+/// The `tidemark` binary cargo built for the running integration test:
+/// `CARGO_BIN_EXE_tidemark` (cargo sets it when it runs the test), else
+/// the binary beside the test's `deps/` folder (`target/<profile>/`).
+/// Only the `tidemark` package's own tests have it built.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARGO_BIN_EXE_tidemark") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let mut dir = exe.parent().expect("the test's folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(format!("tidemark{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "no tidemark binary at {} (run the tidemark package's tests with cargo test)",
+        bin.display()
+    );
+    bin
+}
+
+/// `tidemark <args>` as the tests run a job: warnings only, stdout
+/// discarded, stderr piped (for [`finish`] to report).
+pub fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env("TIDEMARK_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// `tidemark replay --input INPUT --output OUT --config CONFIG <extra>`, as
+/// [`command`].
+pub fn replay_command(input: &str, out: &Path, config: &Path, extra: &[&str]) -> Command {
+    let mut c = command(&[
+        "replay",
+        "--input",
+        input,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    c.args(["--config", config.to_str().unwrap()]).args(extra);
+    c
+}
+
+/// `tidemark run --config CONFIG --output OUT <extra>` (a source from the
+/// config: Kafka, Kinesis), as [`command`].
+pub fn run_command(config: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = command(&["run", "--config", config.to_str().unwrap()]);
+    c.args(["--output", out.to_str().unwrap()]).args(extra);
+    c
+}
+
+/// Runs `tidemark <args>`; panics with its stderr when it exits non-zero.
+/// Returns its stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let output = Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("could not start tidemark {args:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    if !output.status.success() {
+        panic!(
+            "tidemark {args:?} failed with {}\n--- stderr ---\n{}\n--- stdout ---\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            stdout
+        );
+    }
+    stdout
+}
+
+/// Waits for `c`; panics naming `what`, with its stderr (when piped), unless
+/// it exits 0.
+pub fn finish(c: Child, what: &str) {
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Kills the job with SIGKILL at five moments: `1..=5` commits after each
+/// restart (`committed()` counts commits so far), so kills land while
+/// files, state or manifests are being written. `between` runs just before
+/// each kill (e.g. to look at the job mid-run). Fails if a run ends before
+/// its kill: the job must be throttled to still be running.
+pub fn kill_at_five_moments(
+    mut start: impl FnMut() -> Child,
+    committed: impl Fn() -> usize,
+    mut between: impl FnMut(),
+) {
+    for new_commits in 1..=5 {
+        let at = committed();
+        let mut child = start();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(e) = child.stderr.as_mut() {
+                    let _ = std::io::Read::read_to_string(e, &mut err);
+                }
+                panic!("the job ended ({status}) before {new_commits} new commits: {err}");
+            }
+            if committed() >= at + new_commits || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        between();
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+}
+
+/// Waits for jobs started at once on one root: exactly one finishes, the
+/// others stop with the conflict message.
+pub fn assert_one_job_wins(jobs: Vec<Child>) {
+    let results: Vec<(bool, String)> = jobs
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.0).count(),
+        1,
+        "exactly one job must finish: {results:?}"
+    );
+    for (_, err) in results.iter().filter(|r| !r.0) {
+        assert!(
+            err.contains("two jobs are using one output root"),
+            "loser said: {err}"
+        );
+    }
+}
