@@ -759,3 +759,106 @@ fn a_following_job_rides_out_a_hung_and_a_killed_broker() {
     assert_eq!(late(&actual), late(&expected), "LATE rejects");
     assert_same(&expected, &actual);
 }
+
+/// SIGTERM to a job that follows a topic and has read all of it (nothing
+/// new arrives, so no epoch boundary is coming) ends it within 5 s with exit
+/// 0, alone and as a two-process cluster (every process signalled, as a
+/// Kubernetes rollout does). A bounded restart then commits exactly the
+/// reference's outputs: nothing the stop left uncommitted is lost, nothing
+/// committed is repeated.
+#[test]
+fn sigterm_to_a_caught_up_follower_exits_0_within_5_s_alone_and_in_a_cluster() {
+    use tidemark_testkit::reference::{compute_records, read_records, RefParams};
+    let tmp = tempdir();
+    let broker = Tansu::start();
+    let input = tmp.join("in");
+    generate(&input, 20_000, 4, 47, 500);
+    let files = jsonl_files(&input);
+    produce(&broker, "quiet", &files);
+    let records: Vec<Vec<Vec<u8>>> = files.iter().map(|f| read_records(f)).collect();
+    let expected = compute_records(&records, &RefParams::default());
+    let total: u64 = ends(&broker, "quiet", 4).iter().sum();
+
+    for processes in [1usize, 2] {
+        let group = format!("quiet-{processes}");
+        let follow = write(
+            &tmp,
+            &format!("follow-{processes}.toml"),
+            &format!(
+                "{FAST_COMMITS}\n[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"quiet\"]\ngroup_id = \"{group}\"\n",
+                broker.brokers()
+            ),
+        );
+        let out = tmp.join(format!("out-{processes}"));
+        let hostfile = cluster::hostfile(&tmp, processes);
+        let jobs: Vec<(Child, std::thread::JoinHandle<String>)> = (0..processes)
+            .map(|p| {
+                let (n, p) = (processes.to_string(), p.to_string());
+                let mut extra = vec!["-w", "1"];
+                if processes > 1 {
+                    extra.extend(["-n", &n, "-p", &p, "-h", hostfile.to_str().unwrap()]);
+                }
+                let mut cmd = job::run_command(&follow, &out, &extra);
+                cmd.env("TIDEMARK_LOG", "info");
+                spawn_logged(cmd)
+            })
+            .collect();
+        let (mut jobs, logs): (Vec<Child>, Vec<_>) = jobs.into_iter().unzip();
+        // Caught up: everything read, some of it committed, and then quiet
+        // (the committed offsets stop moving).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = (u64::MAX, Instant::now());
+        loop {
+            for (i, j) in jobs.iter_mut().enumerate() {
+                assert!(j.try_wait().unwrap().is_none(), "process {i} ended");
+            }
+            let committed: u64 = group_offsets(&broker, "quiet", &group, 4)
+                .iter()
+                .map(|o| o.unwrap_or(0))
+                .sum();
+            if committed != last.0 {
+                last = (committed, Instant::now());
+            } else if committed > 0 && last.1.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never caught up: {committed} of {total}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let signalled = Instant::now();
+        for j in &jobs {
+            // SAFETY: a plain signal to a child this test started.
+            unsafe { libc::kill(j.id() as i32, libc::SIGTERM) };
+        }
+        for (i, (mut j, log)) in jobs.into_iter().zip(logs).enumerate() {
+            while j.try_wait().unwrap().is_none() {
+                if signalled.elapsed() > Duration::from_secs(5) {
+                    j.kill().unwrap();
+                    panic!(
+                        "{processes} process(es): process {i} still running 5 s after SIGTERM: {}",
+                        log.join().unwrap()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let status = j.wait().unwrap();
+            let log = log.join().unwrap();
+            assert_eq!(status.code(), Some(0), "process {i}: {log}");
+            assert!(!log.contains("panicked"), "process {i}: {log}");
+            if i == 0 {
+                assert!(log.contains("stopped on request"), "{log}");
+            }
+        }
+        // The restart reads the rest to the end of the topic as it is now.
+        let bounded = kafka_config(&tmp, &broker, "quiet", &group);
+        finish(
+            job::run_command(&bounded, &out, &["-w", "2"])
+                .spawn()
+                .unwrap(),
+            "bounded restart",
+        );
+        assert_same(&expected, &read_committed(&out));
+    }
+}
