@@ -11,7 +11,9 @@ use std::sync::Arc;
 use tidemark_checkpoint::storage::Storage;
 use tidemark_testkit::committed::{assert_same, manifests, read_committed};
 use tidemark_testkit::datasets::generate;
+use tidemark_testkit::fault_proxy::{FaultProxy, Mode};
 use tidemark_testkit::job::{self, FAST_COMMITS};
+use tidemark_testkit::reference::Outputs;
 use tidemark_testkit::{layout, moto, tempdir};
 
 /// [`FAST_COMMITS`], keeping the newest three commits.
@@ -211,4 +213,180 @@ fn replay_from_s3_inputs_equals_replay_from_local_files() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("matches no object"));
+}
+
+/// The job's S3 traffic through a fault proxy in front of moto.
+fn proxied(moto_endpoint: &str) -> FaultProxy {
+    let addr: std::net::SocketAddr = moto_endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("moto listens on an IP address");
+    FaultProxy::start(addr)
+}
+
+/// A replay of 60,000 events (a minute of event time: sixty commits) to a
+/// local root: what the S3 runs must equal.
+fn undisturbed(tmp: &Path, endpoint: &str, config: &str) -> (String, Outputs) {
+    let input = generate(&tmp.join("in"), 60_000, 4, 11, 1000);
+    let clean = tmp.join("clean");
+    run_ok(tidemark(
+        endpoint,
+        &[
+            "replay",
+            "--input",
+            &input,
+            "--output",
+            clean.to_str().unwrap(),
+            "--config",
+            config,
+            "-w",
+            "2",
+        ],
+    ));
+    (input, read_committed(&clean))
+}
+
+/// S3 answering `503 SlowDown` to every other request for a whole run
+/// (the start, every write, every commit): the job rides it out, exit 0,
+/// and commits exactly what an undisturbed run does.
+#[test]
+fn s3_slowing_down_half_of_all_requests_changes_nothing() {
+    let moto_endpoint = moto::shared().endpoint.clone();
+    let tmp = tempdir();
+    let config = tmp.join("job.toml");
+    std::fs::write(&config, FAST_COMMITS).unwrap();
+    let config = config.to_str().unwrap();
+    let (input, expected) = undisturbed(&tmp, &moto_endpoint, config);
+
+    let st = bucket(&moto_endpoint, "tm-slow");
+    let proxy = proxied(&moto_endpoint);
+    proxy.slow_down(0.5);
+    let o = tidemark(
+        &proxy.endpoint(),
+        &[
+            "replay",
+            "--input",
+            &input,
+            "--output",
+            "s3://tm-slow/out",
+            "--config",
+            config,
+            "-w",
+            "2",
+        ],
+    )
+    .stdout(Stdio::null())
+    .output()
+    .unwrap();
+    let (requests, slowed) = proxy.http_counts();
+    assert!(
+        o.status.success(),
+        "exit {:?} after {slowed} of {requests} requests slowed: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        slowed >= 50 && slowed * 2 >= requests - 1,
+        "{slowed} of {requests}"
+    );
+    let local = tmp.join("downloaded");
+    download(&*st, &local);
+    assert_same(&expected, &read_committed(&local));
+}
+
+/// S3 unreachable for five minutes in the middle of a replay: first frozen
+/// (connections accepted, nothing answered) for 150 s, then refused for
+/// 150 s, then back. The process never exits meanwhile, warns within 10 s,
+/// and ends with exactly an undisturbed run's outputs.
+#[test]
+fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
+    use std::time::{Duration, Instant};
+    let moto_endpoint = moto::shared().endpoint.clone();
+    let tmp = tempdir();
+    let config = tmp.join("job.toml");
+    std::fs::write(&config, FAST_COMMITS).unwrap();
+    let config = config.to_str().unwrap();
+    let (input, expected) = undisturbed(&tmp, &moto_endpoint, config);
+
+    let st = bucket(&moto_endpoint, "tm-away");
+    let proxy = proxied(&moto_endpoint);
+    let mut cmd = tidemark(
+        &proxy.endpoint(),
+        &[
+            "replay",
+            "--input",
+            &input,
+            "--output",
+            "s3://tm-away/out",
+            "--config",
+            config,
+            "-w",
+            "2",
+            "--rate",
+            "4000",
+        ],
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut job = cmd.spawn().unwrap();
+    let stderr = job.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
+    let lines = log.clone();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            lines.lock().unwrap().push((Instant::now(), l));
+        }
+    });
+    // Two commits, then the outage.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while manifests_in(&*st) < 2 {
+        assert!(job.try_wait().unwrap().is_none(), "ended before the outage");
+        assert!(Instant::now() < deadline, "no commits");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let away = Instant::now();
+    proxy.set(Mode::Hang);
+    let phase = |until: Duration, job: &mut std::process::Child| {
+        while away.elapsed() < until {
+            assert!(
+                job.try_wait().unwrap().is_none(),
+                "the job exited during the outage, {:?} in",
+                away.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    phase(Duration::from_secs(150), &mut job);
+    proxy.refuse();
+    phase(Duration::from_secs(300), &mut job);
+    proxy.accept();
+    let status = job.wait().unwrap();
+    reader.join().unwrap();
+    let log = log.lock().unwrap();
+    let text: Vec<&str> = log.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(
+        status.success(),
+        "exit {:?}: {}",
+        status.code(),
+        text.join("\n")
+    );
+    let first_warning = log
+        .iter()
+        .find(|(at, l)| *at >= away && l.contains("\"WARN\""))
+        .map(|(at, _)| at.duration_since(away));
+    assert!(
+        first_warning.is_some_and(|d| d <= Duration::from_secs(10)),
+        "first warning {first_warning:?} after the outage began: {}",
+        text.join("\n")
+    );
+    let local = tmp.join("downloaded");
+    download(&*st, &local);
+    assert_same(&expected, &read_committed(&local));
+}
+
+fn manifests_in(st: &dyn Storage) -> usize {
+    st.list("manifests/").map_or(0, |k| k.len())
 }

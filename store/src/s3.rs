@@ -17,7 +17,7 @@
 //!   created it (its response was lost) or another writer did. `409
 //!   ConditionalRequestConflict` (a concurrent operation on the key) is
 //!   retried, as AWS documents.
-//! - Retries with backoff (SDK standard mode, 5 attempts) and timeouts
+//! - Retries with backoff (SDK standard mode, 12 attempts, no retry quota) and timeouts
 //!   (connect 5 s, attempt 30 s, operation 120 s); errors name the object
 //!   (`s3://bucket/key`) and the S3 error code.
 //! - `open_read` streams an object through a bounded channel fed by a task
@@ -30,6 +30,7 @@
 
 use crate::{validate_key, validate_prefix, Storage, StoreError};
 use anyhow::{anyhow, bail, Context, Result};
+use aws_sdk_s3::config::retry::{RetryPartition, TokenBucket};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
@@ -57,8 +58,10 @@ pub const PART_SIZE: usize = 8 << 20;
 const MAX_PARTS: usize = 10_000;
 /// Parts uploaded concurrently.
 const PART_CONCURRENCY: usize = 4;
-/// Attempts per request (SDK standard retry mode).
-const MAX_ATTEMPTS: u32 = 5;
+/// Attempts per request (SDK standard retry mode, backoff up to 20 s): with
+/// half of all requests throttled, twelve attempts fail together once in
+/// 4,096 requests, and the executor's own retries take it from there.
+const MAX_ATTEMPTS: u32 = 12;
 /// How often a conditional write is re-sent after `409 ConditionalRequestConflict`.
 const CONFLICT_RETRIES: u32 = 5;
 /// How often a read that lost its connection mid-body is resumed.
@@ -234,7 +237,15 @@ impl S3Storage {
             },
         )?;
         let endpoint_override = opts.endpoint.is_some() || sdk_endpoint_configured(&sdk);
+        // No retry quota: the SDK's token bucket stops retrying once many
+        // requests fail (half of them answered 503 SlowDown ended the job at
+        // its first listing), but a throttled or briefly unreachable store
+        // is exactly what retries are for; the backoff still spaces them.
+        let partition = RetryPartition::custom("tidemark-s3")
+            .token_bucket(TokenBucket::unlimited())
+            .build();
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .retry_partition(partition)
             .force_path_style(opts.path_style.unwrap_or(endpoint_override));
         if let Some(r) = fallback_region(&sdk) {
             conf = conf.region(r);

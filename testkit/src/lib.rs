@@ -9,6 +9,8 @@
 //! - [`launch`]: what they share: where installed tools are, free ports, a
 //!   child that dies with the test, dummy AWS credentials.
 //! - [`cut_proxy`]: a TCP proxy that cuts a connection mid-response.
+//! - [`fault_proxy`]: a TCP proxy that hangs, refuses, resets or delays,
+//!   per direction, and answers a share of HTTP requests with 503 SlowDown.
 //!
 //! Running the job and checking what it commits:
 //! - [`job`]: the `tidemark` binary under test, commands, kill drills.
@@ -33,6 +35,7 @@ pub mod cluster;
 pub mod committed;
 pub mod cut_proxy;
 pub mod datasets;
+pub mod fault_proxy;
 pub mod job;
 pub mod kinesalite;
 pub mod launch;
