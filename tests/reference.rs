@@ -233,6 +233,21 @@ fn reject_reasons_and_precedence() {
     let mut bad_utf8 = ok.clone().into_bytes();
     bad_utf8[3] = 0xff;
     assert_eq!(reason_of(&bad_utf8), "MALFORMED");
+    // Nesting: at most 128 containers deep, the record's object included
+    // (docs/choices.md), though parse_json itself takes any depth.
+    let nest = |k: usize| format!("{}{}", "[".repeat(k), "]".repeat(k));
+    assert_eq!(
+        reason_of(with_field("x", Some(&nest(127))).as_bytes()),
+        "OK"
+    );
+    assert_eq!(
+        reason_of(with_field("x", Some(&nest(128))).as_bytes()),
+        "MALFORMED"
+    );
+    assert_eq!(
+        reason_of(with_field("x", Some(r#""[[[[""#)).as_bytes()),
+        "OK"
+    );
 
     // MISSING_FIELD, ahead of later rules
     assert_eq!(

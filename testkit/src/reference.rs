@@ -724,32 +724,72 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     Some((local_seconds - offset_seconds) * 1000 + frac_ms)
 }
 
-/// A record that passed every rule of SPEC 2 except lateness.
-#[derive(Clone, Debug)]
-struct Valid {
-    transaction_id: String,
-    customer_id: String,
-    cents: i64,
-    currency: String,
-    merchant: String,
-    category: String,
-    status: String,
-    timestamp: String,
-    metadata: Option<BTreeMap<String, String>>,
-    event_time: i64,
+/// A record that passed every rule of SPEC 2 except lateness (public for
+/// the differential test of the job's record scanner,
+/// `tests/scanner_differential.rs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Valid {
+    pub transaction_id: String,
+    pub customer_id: String,
+    pub cents: i64,
+    pub currency: String,
+    pub merchant: String,
+    pub category: String,
+    pub status: String,
+    pub timestamp: String,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub event_time: i64,
+}
+
+/// Deepest container nesting a record may have, its own object counting as
+/// depth 1 (docs/choices.md: deeper records are `MALFORMED`). `parse_json`
+/// itself accepts any depth; the record rules add this bound.
+pub const MAX_RECORD_DEPTH: usize = 128;
+
+/// The deepest container nesting of a JSON text accepted by `parse_json`:
+/// brackets outside strings, counted byte by byte (only an estimate, but
+/// never a panic, for other text).
+pub fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &c in text.as_bytes() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// The record's members, or `MALFORMED` (SPEC 2 rule 2 and the depth bound).
+fn record_members(text: &str) -> Result<Vec<(String, Json)>, &'static str> {
+    // A BOM (U+FEFF) is not JSON whitespace, so the parser rejects it.
+    match parse_json(text) {
+        Ok(Json::Object(members)) if nesting_depth(text) <= MAX_RECORD_DEPTH => Ok(members),
+        _ => Err("MALFORMED"),
+    }
 }
 
 /// SPEC 2's rules, in precedence order, except `LATE`.
-fn validate(raw: &[u8], max_record_bytes: usize) -> Result<Valid, &'static str> {
+pub fn validate(raw: &[u8], max_record_bytes: usize) -> Result<Valid, &'static str> {
     if raw.len() > max_record_bytes {
         return Err("TOO_LARGE");
     }
     let text = std::str::from_utf8(raw).map_err(|_| "MALFORMED")?;
-    // A BOM (U+FEFF) is not JSON whitespace, so the parser rejects it.
-    let members = match parse_json(text) {
-        Ok(Json::Object(members)) => members,
-        _ => return Err("MALFORMED"),
-    };
+    let members = record_members(text)?;
     let fields: HashMap<&str, &Json> = members.iter().map(|(k, v)| (k.as_str(), v)).collect();
 
     let required = [
@@ -835,26 +875,23 @@ fn validate(raw: &[u8], max_record_bytes: usize) -> Result<Valid, &'static str> 
 // ---------------------------------------------------------------------------
 
 /// A merchants reference row that passed SPEC 9's rules except lateness.
-#[derive(Clone, Debug)]
-struct RefValid {
-    merchant: String,
-    valid_from: i64,
-    merchant_category: String,
-    risk_tier: String,
-    country: String,
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefValid {
+    pub merchant: String,
+    pub valid_from: i64,
+    pub merchant_category: String,
+    pub risk_tier: String,
+    pub country: String,
 }
 
 /// SPEC 9's rules for a reference row, with SPEC 2's reason codes in their
 /// precedence order, except `LATE`.
-fn validate_reference(raw: &[u8], max_record_bytes: usize) -> Result<RefValid, &'static str> {
+pub fn validate_reference(raw: &[u8], max_record_bytes: usize) -> Result<RefValid, &'static str> {
     if raw.len() > max_record_bytes {
         return Err("TOO_LARGE");
     }
     let text = std::str::from_utf8(raw).map_err(|_| "MALFORMED")?;
-    let members = match parse_json(text) {
-        Ok(Json::Object(members)) => members,
-        _ => return Err("MALFORMED"),
-    };
+    let members = record_members(text)?;
     let fields: HashMap<&str, &Json> = members.iter().map(|(k, v)| (k.as_str(), v)).collect();
 
     let required = [
