@@ -400,6 +400,9 @@ pub struct CheckpointSection {
     pub min_wall_interval: Dur,
     /// Commits (with their state snapshots) kept for restarts.
     pub retain: u64,
+    /// How long storage may keep failing one write or commit before the
+    /// job gives up (exit 3); never by default.
+    pub give_up_after: GiveUpAfter,
 }
 impl Default for CheckpointSection {
     fn default() -> Self {
@@ -407,7 +410,48 @@ impl Default for CheckpointSection {
             interval: Dur::lit("10s"),
             min_wall_interval: Dur::lit("2s"),
             retain: DEFAULT_RETAIN,
+            give_up_after: GiveUpAfter(None),
         }
+    }
+}
+
+/// `checkpoint.give_up_after`: a duration, or `"never"` (the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GiveUpAfter(pub Option<Dur>);
+
+impl GiveUpAfter {
+    pub fn duration(self) -> Option<Duration> {
+        self.0.map(Dur::duration)
+    }
+}
+
+impl<'de> Deserialize<'de> for GiveUpAfter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<GiveUpAfter, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = GiveUpAfter;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"never\" or a duration such as \"10m\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<GiveUpAfter, E> {
+                if s.trim() == "never" {
+                    return Ok(GiveUpAfter(None));
+                }
+                match parse_duration(s) {
+                    Ok(ms) if ms > 0 => Ok(GiveUpAfter(Some(Dur(ms)))),
+                    Ok(_) => Err(E::custom(format!(
+                        "{s:?} would give up at the first storage error; write a duration such as \"10m\", or \"never\" (the default) to retry until storage is back"
+                    ))),
+                    Err(m) => Err(E::custom(format!("{m}; or \"never\""))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<GiveUpAfter, E> {
+                Err(E::custom(format!(
+                    "{n} has no unit; use a duration such as \"{n}s\" or \"10m\", or \"never\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -1079,6 +1123,9 @@ mod tests {
         for (text, needle) in [
             ("[checkpoint]\ninterval = 10\n", "checkpoint.interval"),
             ("[checkpoint]\nmin_wall_interval = \"2\"\n", "checkpoint.min_wall_interval"),
+            ("[checkpoint]\ngive_up_after = \"0s\"\n", "checkpoint.give_up_after"),
+            ("[checkpoint]\ngive_up_after = \"soon\"\n", "checkpoint.give_up_after"),
+            ("[checkpoint]\ngive_up_after = 600\n", "checkpoint.give_up_after"),
             ("[job]\nstop_timeout = \"0s\"\n", "job.stop_timeout must be greater than zero"),
             ("[anomaly.window]\ncooldown = \"soon\"\n", "anomaly.window.cooldown"),
             (
@@ -1094,6 +1141,24 @@ mod tests {
         assert_eq!(cfg.time.idle_timeout, Dur(90_000));
         assert_eq!(cfg.params().unwrap().idle_timeout_ms, 90_000);
         assert!(cfg.metrics.linger.duration().is_zero());
+    }
+
+    #[test]
+    fn give_up_after_is_never_by_default_or_a_positive_duration() {
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg.checkpoint.give_up_after.duration(), None);
+        let cfg = Config::parse("[checkpoint]\ngive_up_after = \"never\"\n").unwrap();
+        assert_eq!(cfg.checkpoint.give_up_after.duration(), None);
+        let cfg = Config::parse("[checkpoint]\ngive_up_after = \"10m\"\n").unwrap();
+        assert_eq!(
+            cfg.checkpoint.give_up_after.duration(),
+            Some(Duration::from_secs(600))
+        );
+        let e = error_of("[checkpoint]\ngive_up_after = \"0\"\n");
+        assert!(
+            e.contains("checkpoint.give_up_after") && e.contains("never"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 
 use tidemark_checkpoint::committer::CommitFailure;
+use tidemark_checkpoint::writer::WriteFailure;
 use tidemark_protocol::resume::Refusal;
 
 /// The input ended and everything is committed, or the job stopped on
@@ -38,6 +39,9 @@ pub fn code_of(e: &anyhow::Error) -> ExitCode {
                 CommitFailure::Conflict { .. } => FENCED,
                 CommitFailure::GaveUp { .. } => STORAGE_GAVE_UP,
             });
+        }
+        if c.is::<WriteFailure>() {
+            return ExitCode::from(STORAGE_GAVE_UP);
         }
         if c.is::<Refusal>() {
             return ExitCode::from(RESUME_REFUSED);
@@ -154,6 +158,15 @@ mod tests {
             error: Arc::new(anyhow::anyhow!("timeout").context("PutObject _commits/x")),
         });
         assert_eq!(code_of(&gave_up), ExitCode::from(STORAGE_GAVE_UP));
+        let write = WriteFailure::GaveUp {
+            root: "s3://b/p".into(),
+            key: "state/x.bin".into(),
+            epoch: Some(5000),
+            attempts: 9,
+            error: Arc::new(anyhow::anyhow!("timeout")),
+        };
+        let e = Err::<(), _>(write).context("running the job").unwrap_err();
+        assert_eq!(code_of(&e), ExitCode::from(STORAGE_GAVE_UP));
         assert_eq!(
             format!("error: {gave_up:#}"),
             "error: s3://b/p: PutObject _commits/x: timeout"

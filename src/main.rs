@@ -489,6 +489,7 @@ fn run(
         timely,
         max_rate: opts.max_rate,
         retain: cfg.checkpoint.retain,
+        give_up_after: cfg.checkpoint.give_up_after.duration(),
         s3: cfg.s3_options(),
         sinks,
         allow_config_change: opts.allow_config_change,

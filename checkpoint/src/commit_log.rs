@@ -80,13 +80,18 @@ pub fn commit(st: &dyn Storage, m: &Manifest) -> Result<(), CommitError> {
     match st.put_if_absent(&log_key(m.job.seq), &bytes) {
         Ok(true) => {}
         // Our own entry, from an attempt whose answer was lost, is ours.
-        Ok(false) if st.get(&log_key(m.job.seq)).ok().flatten().as_deref() == Some(&bytes[..]) => {}
-        Ok(false) => {
-            return Err(CommitError::Conflict {
-                seq: m.job.seq,
-                epoch: m.epoch,
-            })
-        }
+        // Reading it back can fail too (storage is out): that is not a
+        // conflict but a storage error, retried like any other.
+        Ok(false) => match st.get(&log_key(m.job.seq)) {
+            Ok(found) if found.as_deref() == Some(&bytes[..]) => {}
+            Ok(_) => {
+                return Err(CommitError::Conflict {
+                    seq: m.job.seq,
+                    epoch: m.epoch,
+                })
+            }
+            Err(e) => return Err(CommitError::Storage(e.into())),
+        },
         Err(e) => return Err(CommitError::Storage(e.into())),
     }
     publish(st, m).map_err(CommitError::Storage)

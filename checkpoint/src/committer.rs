@@ -31,6 +31,7 @@ use tidemark_protocol::epoch::{final_epoch, Ledger, Reported};
 
 use crate::commit_log::{self, CommitError};
 use crate::manifest::{Counts, JobSection, Manifest, Position, SourceNames};
+use crate::retry::{retry, Failure, RetryPolicy, Stopped, Target};
 use crate::storage::Storage;
 use crate::writer::EpochReport;
 
@@ -60,29 +61,9 @@ pub struct CommitterConfig {
     pub params: Option<serde_json::Value>,
     /// How many commits (with their state snapshots) to keep in the log.
     pub retain: u64,
-    /// How often a commit is tried on storage errors ([`Retry::default`]
-    /// in a job; tests shorten the delays).
-    pub retry: Retry,
-}
-
-/// How a commit that fails on a storage error is retried before the job
-/// gives up ([`CommitFailure::GaveUp`]). A conflict is never retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retry {
-    /// Attempts at one commit, the first included.
-    pub attempts: u32,
-    /// The wait after the first failed attempt, doubled after each further one.
-    pub first_delay: Duration,
-}
-
-impl Default for Retry {
-    /// Five attempts, retried after 1, 2, 4 and 8 s.
-    fn default() -> Retry {
-        Retry {
-            attempts: 5,
-            first_delay: Duration::from_secs(1),
-        }
-    }
+    /// How a commit is retried on storage errors ([`RetryPolicy::default`]
+    /// with `[checkpoint] give_up_after` in a job; tests shorten the delays).
+    pub retry: RetryPolicy,
 }
 
 /// What the committer has done, for progress displays and summaries.
@@ -108,7 +89,8 @@ pub enum CommitFailure {
     /// Another job extended the commit log first: it owns the root now.
     #[error("{root}: {}", CommitError::Conflict { seq: *seq, epoch: *epoch })]
     Conflict { root: String, seq: u64, epoch: i64 },
-    /// Storage errors on every attempt ([`Retry`]); `error` is the last one.
+    /// Storage errors on every attempt until `give_up_after` passed
+    /// ([`RetryPolicy`]); `error` is the last one.
     #[error("{root}: {error:#}")]
     GaveUp {
         root: String,
@@ -407,7 +389,7 @@ impl Book {
 struct Committing {
     storage: Arc<dyn Storage>,
     retain: u64,
-    retry: Retry,
+    retry: RetryPolicy,
     status: Arc<Mutex<CommitStatus>>,
     on_commit: OnCommit,
     shared: Arc<Handoff>,
@@ -482,33 +464,48 @@ impl Committing {
         } = q;
         let st = &*self.storage;
         let t0 = Instant::now();
-        let mut attempt = 1;
-        while let Err(e) = commit_log::commit(st, &m) {
-            // A conflict means another job owns the root now. Otherwise
-            // nothing of this epoch may be committed yet: retry, then give
-            // up; a restart resumes from the last commit.
-            self.status.lock().unwrap().failures += 1;
-            let error = match e {
-                CommitError::Conflict { seq, epoch } => {
-                    return Err(CommitFailure::Conflict {
-                        root: st.describe(),
-                        seq,
-                        epoch,
-                    })
-                }
-                CommitError::Storage(e) => e,
-            };
-            if attempt >= self.retry.attempts {
-                return Err(CommitFailure::GaveUp {
-                    root: st.describe(),
-                    epoch: m.epoch,
-                    attempts: attempt,
-                    error: Arc::new(error),
-                });
+        let root = st.describe();
+        let key = tidemark_protocol::keys::log_key(m.job.seq);
+        let target = Target {
+            store: &root,
+            key: &key,
+            epoch: Some(m.epoch),
+        };
+        // A conflict means another job owns the root now: stop at once.
+        // Otherwise nothing of this epoch may be committed yet (a lost
+        // answer is settled by `commit_log::commit` reading the entry
+        // back): retry with the policy; a restart resumes from the last
+        // commit should it give up.
+        let status = &self.status;
+        let outcome = retry(
+            &self.retry,
+            &target,
+            || status.lock().unwrap().failures += 1,
+            || match commit_log::commit(st, &m) {
+                Ok(()) => Ok(()),
+                Err(e @ CommitError::Conflict { .. }) => Err(Failure::Fatal(e)),
+                Err(e @ CommitError::Storage(_)) => Err(Failure::Retry(e)),
+            },
+        );
+        match outcome {
+            Ok(()) => {}
+            Err(Stopped::Fatal(CommitError::Conflict { seq, epoch })) => {
+                return Err(CommitFailure::Conflict { root, seq, epoch })
             }
-            tracing::warn!(epoch = m.epoch, attempt, error = %format!("{error:#}"), "commit failed; retrying");
-            std::thread::sleep(self.retry.first_delay * (1 << (attempt - 1)));
-            attempt += 1;
+            Err(Stopped::Fatal(CommitError::Storage(e))) => unreachable!("retried: {e:#}"),
+            Err(Stopped::GaveUp {
+                error: CommitError::Storage(error),
+                failures,
+                ..
+            }) => {
+                return Err(CommitFailure::GaveUp {
+                    root,
+                    epoch: m.epoch,
+                    attempts: failures,
+                    error: Arc::new(error),
+                })
+            }
+            Err(Stopped::GaveUp { error, .. }) => unreachable!("not retried: {error}"),
         }
         // Retention is housekeeping: a failure here loses nothing committed
         // and is retried after the next commit.

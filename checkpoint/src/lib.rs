@@ -22,6 +22,7 @@ pub mod parquet_out;
 pub mod parquet_rows;
 pub mod redshift;
 pub mod restore;
+pub mod retry;
 pub mod state_file;
 pub mod writer;
 

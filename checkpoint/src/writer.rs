@@ -3,7 +3,8 @@
 //! the worker's state snapshot, then reports them to the committer.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -20,6 +21,7 @@ use tidemark_dataflow::stateful::{Marker, Report};
 
 use crate::manifest::{file_name, sha256_hex, FileEntry, SourceNames, StateFile};
 use crate::parquet_out::{self, ParquetFile};
+use crate::retry::{retry, Failure, RetryPolicy, Stopped, Target};
 use crate::storage::Storage;
 
 /// What one worker wrote for one epoch.
@@ -48,6 +50,65 @@ pub struct WriterConfig {
     /// The sources' names, for the `source` columns.
     pub names: SourceNames,
     pub params: Params,
+    /// How storage work is retried ([`RetryPolicy::default`] with
+    /// `[checkpoint] give_up_after` in a job).
+    pub retry: RetryPolicy,
+    /// Shared by every worker's writer of a process: failure counts and
+    /// the failure that stopped a writer, for the job's loop to see.
+    pub handle: Arc<WriteHandle>,
+}
+
+/// Why an epoch writer stopped: the job cannot go on, and a restart resumes
+/// from the last commit. The message names the store, as `error: <root>:
+/// <why>` does on the command line.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum WriteFailure {
+    /// Storage errors on every attempt at `key` until `give_up_after`
+    /// passed; `error` is the last one.
+    #[error("{root}: writing {key} (epoch {}): {error:#}", epoch.map_or_else(|| "final".to_owned(), |e| e.to_string()))]
+    GaveUp {
+        root: String,
+        key: String,
+        /// The epoch (ms); `None` for the final flush.
+        epoch: Option<i64>,
+        attempts: u32,
+        error: Arc<anyhow::Error>,
+    },
+}
+
+/// The job's view of its epoch writers (one per process, shared by its workers).
+#[derive(Debug, Default)]
+pub struct WriteHandle {
+    /// Failed storage attempts of every writer (retried, or the last one).
+    failures: AtomicU64,
+    /// Set (after `failure`) when a writer gave up; its thread has stopped.
+    failed: AtomicBool,
+    failure: Mutex<Option<WriteFailure>>,
+}
+
+impl WriteHandle {
+    /// Whether a writer gave up (cheap: polled by every worker's loop).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Why a writer stopped, once one has.
+    pub fn failure(&self) -> Option<WriteFailure> {
+        if !self.failed() {
+            return None;
+        }
+        self.failure.lock().unwrap().clone()
+    }
+
+    /// Failed storage attempts so far, of every writer of the process.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, f: WriteFailure) {
+        self.failure.lock().unwrap().get_or_insert(f);
+        self.failed.store(true, Ordering::Release);
+    }
 }
 
 /// Rows of one output, by tick, until the frontier passes them.
@@ -212,13 +273,29 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
         .worker()
         .sync_activator_for(builder.operator_info().address.to_vec());
     let thread_cfg = cfg.clone();
+    // The thread logs under the worker's span (job, process, worker).
+    let span = tracing::Span::current();
     std::thread::Builder::new()
         .name(format!("epoch-writer-{worker}"))
         .spawn(move || {
+            let _entered = span.enter();
             for (boundary, epoch, state) in job_rx {
-                let report = close_epoch(&thread_cfg, worker, boundary, epoch, state);
-                if done_tx.send(report).is_err() {
-                    break;
+                match close_epoch(&thread_cfg, worker, boundary, epoch, state) {
+                    Ok(report) => {
+                        if done_tx.send(report).is_err() {
+                            break;
+                        }
+                    }
+                    Err(f) => {
+                        // Nothing of this epoch is reported, so nothing
+                        // after it commits; the workers see the failure
+                        // and stop, and a restart resumes from the last
+                        // commit.
+                        tracing::error!("{f}");
+                        thread_cfg.handle.record(f);
+                        let _ = activator.activate();
+                        break;
+                    }
                 }
                 let _ = activator.activate();
             }
@@ -309,7 +386,8 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                     std::mem::take(&mut epoch),
                     take_states(&mut states, Some(b)),
                 );
-                jobs.send(job).expect("the epoch writer thread is running");
+                // The thread is gone only after giving up: the job is stopping.
+                let _ = jobs.send(job);
             }
 
             match frontier {
@@ -333,7 +411,7 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                                 std::mem::take(&mut epoch),
                                 take_states(&mut states, None),
                             );
-                            jobs.send(job).expect("the epoch writer thread is running");
+                            let _ = jobs.send(job);
                         }
                     }
                     caps = CapabilitySet::new();
@@ -359,25 +437,53 @@ fn take_states(states: &mut PendingStates, boundary: Option<Tick>) -> StateSnaps
     snapshot
 }
 
-/// Finishes and stores one epoch's files and state for this worker. I/O
-/// failures stop the job: nothing is committed without every file in place,
-/// and a restart resumes from the last committed epoch.
+/// Finishes and stores one epoch's files and state for this worker.
+/// Storage errors are retried with the policy (puts replace, so a lost
+/// answer is retried like a failure); nothing is committed without every
+/// file in place. Giving up is a [`WriteFailure`]; a restart resumes from
+/// the last committed epoch.
 fn close_epoch(
     cfg: &WriterConfig,
     worker: u32,
     boundary: Option<Tick>,
     epoch: OpenEpoch,
     state: StateSnapshot,
-) -> EpochReport {
+) -> Result<EpochReport, WriteFailure> {
     let number = match boundary {
         Some(b) => b * cfg.params.tick_ms,
         None => i64::MAX,
     };
+    let epoch_ms = boundary.map(|b| b * cfg.params.tick_ms);
     let name = file_name(number, cfg.generation, worker, "parquet");
     let st = &*cfg.storage;
-    let store = |key: &str, bytes: &[u8]| {
-        st.put(key, bytes)
-            .unwrap_or_else(|e| panic!("writing {key} to {}: {e:#}", st.describe()));
+    let root = st.describe();
+    let store = |key: &str, bytes: &[u8]| -> Result<(), WriteFailure> {
+        let target = Target {
+            store: &root,
+            key,
+            epoch: epoch_ms,
+        };
+        retry(
+            &cfg.retry,
+            &target,
+            || {
+                cfg.handle.failures.fetch_add(1, Ordering::Relaxed);
+            },
+            || st.put(key, bytes).map_err(Failure::Retry),
+        )
+        .map_err(|stopped| match stopped {
+            Stopped::GaveUp {
+                error, failures, ..
+            } => WriteFailure::GaveUp {
+                root: root.clone(),
+                key: key.to_owned(),
+                epoch: epoch_ms,
+                attempts: failures,
+                error: Arc::new(error.into()),
+            },
+            // Every storage error is retried.
+            Stopped::Fatal(error) => unreachable!("not retried: {error:#}"),
+        })
     };
     let mut files = Vec::new();
     for (key, file) in epoch.files {
@@ -403,7 +509,7 @@ fn close_epoch(
         let bytes = file
             .finish()
             .unwrap_or_else(|e| panic!("finishing {path}: {e:#}"));
-        store(&path, &bytes);
+        store(&path, &bytes)?;
         files.push(FileEntry {
             output: output.to_owned(),
             path,
@@ -412,23 +518,25 @@ fn close_epoch(
             sha256: sha256_hex(&bytes),
         });
     }
-    let state = (!state.is_empty()).then(|| {
+    let state = if state.is_empty() {
+        None
+    } else {
         let bytes = crate::state_file::encode(&state);
         let key = format!("state/{}", file_name(number, cfg.generation, worker, "bin"));
-        store(&key, &bytes);
-        StateFile {
+        store(&key, &bytes)?;
+        Some(StateFile {
             path: key,
             bytes: bytes.len() as u64,
             sha256: sha256_hex(&bytes),
             worker,
-        }
-    });
-    EpochReport {
+        })
+    };
+    Ok(EpochReport {
         boundary,
         worker,
         files,
         state,
         duplicates: epoch.duplicates,
         max_tick: epoch.max_tick,
-    }
+    })
 }

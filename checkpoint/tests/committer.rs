@@ -15,11 +15,12 @@ use timely::dataflow::ProbeHandle;
 
 use tidemark_checkpoint::commit_log::log_key;
 use tidemark_checkpoint::committer::{
-    committer, CommitFailure, CommitHandle, CommitStatus, CommitterConfig, Retry, MAX_QUEUED,
+    committer, CommitFailure, CommitHandle, CommitStatus, CommitterConfig, MAX_QUEUED,
 };
 use tidemark_checkpoint::manifest::{
     self, Counts, FileEntry, JobSection, Manifest, Position, SourceNames,
 };
+use tidemark_checkpoint::retry::RetryPolicy;
 use tidemark_checkpoint::storage::{Fault, MemoryStorage, Op, Storage};
 use tidemark_checkpoint::writer::EpochReport;
 use tidemark_dataflow::event::Tick;
@@ -28,7 +29,7 @@ use tidemark_dataflow::stateful::Marker;
 
 const TICK_MS: i64 = 1000;
 
-fn config(st: &Arc<MemoryStorage>, retry: Retry) -> CommitterConfig {
+fn config(st: &Arc<MemoryStorage>, retry: RetryPolicy) -> CommitterConfig {
     CommitterConfig {
         storage: st.clone() as Arc<dyn Storage>,
         generation: 3,
@@ -57,10 +58,11 @@ fn names() -> SourceNames {
 }
 
 /// Test delays: the same policy, in milliseconds instead of seconds.
-fn fast_retry() -> Retry {
-    Retry {
-        attempts: 5,
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
         first_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(8),
+        ..RetryPolicy::default()
     }
 }
 
@@ -245,7 +247,7 @@ fn worker_0_keeps_stepping_while_a_commit_hangs_and_hands_over_at_most_max_queue
     st.inject(Op::PutIfAbsent, "manifests/", Fault::Hang, 1);
     let (tx, rx) = mpsc::channel::<(Tick, usize)>();
     let worker_st = st.clone();
-    let cfg = config(&st, Retry::default());
+    let cfg = config(&st, RetryPolicy::default());
     let job = std::thread::spawn(move || {
         timely::execute_directly(move |worker| {
             let mut job = Job::build(worker, cfg);
@@ -393,11 +395,17 @@ fn commits_continue_the_restored_log_in_order_and_the_final_epoch_follows() {
     assert_eq!(manifest::list_manifests(&*st).unwrap(), epochs);
 }
 
+/// With `give_up_after` a store that fails every commit is a typed error
+/// once that long has passed since the first failure (not after a count of
+/// attempts), with every attempt counted.
 #[test]
-fn a_store_that_fails_every_commit_is_a_typed_error_after_the_attempts() {
+fn a_store_that_fails_every_commit_is_a_typed_error_after_give_up_after() {
     let st = Arc::new(MemoryStorage::new());
     st.outage(Op::PutIfAbsent, "_commits/", Fault::Fail);
-    let cfg = config(&st, fast_retry());
+    let cfg = config(
+        &st,
+        fast_retry().giving_up_after(Some(Duration::from_millis(300))),
+    );
     let t0 = Instant::now();
     let out = timely::execute_directly(move |worker| {
         let mut job = Job::build(worker, cfg);
@@ -406,18 +414,20 @@ fn a_store_that_fails_every_commit_is_a_typed_error_after_the_attempts() {
         }
         job.finish(worker)
     });
+    let elapsed = t0.elapsed();
     let failure = out.result.unwrap_err();
-    match &failure {
+    let attempts = match &failure {
         CommitFailure::GaveUp {
             root,
             epoch,
             attempts,
             ..
         } => {
-            assert_eq!((root.as_str(), *epoch, *attempts), ("memory", 1000, 5));
+            assert_eq!((root.as_str(), *epoch), ("memory", 1000));
+            *attempts
         }
         other => panic!("expected GaveUp, got {other:?}"),
-    }
+    };
     // The message `main` prints after `error: `, as the exit did.
     assert_eq!(
         failure.to_string(),
@@ -426,11 +436,13 @@ fn a_store_that_fails_every_commit_is_a_typed_error_after_the_attempts() {
             log_key(1)
         )
     );
-    // Every attempt counted; waits of 1, 2, 4 and 8 ms between them.
-    assert_eq!(out.status.failures, 5);
-    assert!(t0.elapsed() >= Duration::from_millis(15));
+    // Waits of at most 8 ms over 300 ms: far more than the old 5 attempts.
+    assert!(attempts > 20, "{attempts} attempts");
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(out.status.failures, attempts as u64);
     // Nothing committed, nothing after the failed epoch tried, no callback.
-    assert_eq!(st.faults(), 5);
+    assert_eq!(st.faults(), attempts as u64);
     assert!(st.list("").unwrap().is_empty());
     assert!(out.seen.is_empty());
     assert_eq!(out.status.epochs, 0);

@@ -50,17 +50,19 @@ pub(super) fn collect(sh: &Shared) {
             }
         }
     }
+    // Failed storage attempts: this process's epoch writers, and on
+    // process 0 its committer too.
+    let s = sh.status.lock().unwrap().clone();
+    counter!("tidemark_checkpoint_failures_total").absolute(s.failures + sh.writes.failures());
     if sh.process != 0 {
         return;
     }
-    let s = sh.status.lock().unwrap().clone();
     for output in ["transactions", "windows", "anomalies", "rejects"] {
         let rows = s.rows.get(output).copied().unwrap_or(0);
         counter!("tidemark_records_out_total", "output" => output).absolute(rows);
     }
     counter!("tidemark_duplicates_total").absolute(s.duplicates);
     counter!("tidemark_checkpoints_total").absolute(s.epochs);
-    counter!("tidemark_checkpoint_failures_total").absolute(s.failures);
     if let Some(e) = s.last_epoch {
         gauge!("tidemark_checkpoint_last_epoch_timestamp_seconds").set(e as f64 / 1e3);
     }

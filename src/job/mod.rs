@@ -20,6 +20,7 @@ use tidemark_checkpoint::committer::{CommitFailure, CommitHandle, CommitStatus};
 use tidemark_checkpoint::manifest::{self, Manifest, Position, SourceNames};
 use tidemark_checkpoint::s3::S3Options;
 use tidemark_checkpoint::storage::{self, Storage};
+use tidemark_checkpoint::writer::{WriteFailure, WriteHandle};
 use tidemark_connectors::adapters::SourceSpec;
 use tidemark_connectors::background::Background;
 use tidemark_connectors::kafka::KafkaSettings;
@@ -51,6 +52,9 @@ pub struct JobSpec {
     pub max_rate: Option<u64>,
     /// Commits (with state snapshots) kept in the log.
     pub retain: u64,
+    /// `[checkpoint] give_up_after`: storage errors are retried this long
+    /// (`None`: until they stop).
+    pub give_up_after: Option<Duration>,
     /// Publish committed anomalies and rejects to these Kafka topics.
     pub sinks: Option<(KafkaSettings, SinkTopics)>,
     pub s3: S3Options,
@@ -141,6 +145,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         meter,
         status: Arc::new(Mutex::new(CommitStatus::default())),
         committer: OnceLock::new(),
+        writes: Arc::default(),
         latency: Arc::new(Mutex::new(Latency::new())),
         beyond_watermark: Mutex::new(Latency::new()),
         restored: Mutex::new((0, Duration::ZERO)),
@@ -218,9 +223,13 @@ fn join(
         while !guards.guards().iter().all(|g| g.is_finished()) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        match shared.committer.get().and_then(CommitHandle::failure) {
+        let failure = shared.committer.get().and_then(CommitHandle::failure);
+        match failure
+            .map(Into::into)
+            .or(shared.writes.failure().map(Into::into))
+        {
             Some(f) => {
-                commit_failure = Some(f.into());
+                commit_failure = Some(f);
                 std::mem::forget(guards);
             }
             None => results = guards.join(),
@@ -231,7 +240,7 @@ fn join(
     for r in results {
         match r {
             Ok(Ok(())) => {}
-            Ok(Err(e)) if e.is::<CommitFailure>() => {
+            Ok(Err(e)) if e.is::<CommitFailure>() || e.is::<WriteFailure>() => {
                 commit_failure.get_or_insert(e);
             }
             Ok(Err(e)) => failed.push(format!("{e:#}")),
@@ -329,6 +338,8 @@ struct Shared {
     /// the dataflow): every worker of the process watches it for a failed
     /// commit, and worker 0 waits for it at the end of the run.
     committer: OnceLock<CommitHandle>,
+    /// The epoch writers' failures: every worker watches for one that gave up.
+    writes: Arc<WriteHandle>,
     latency: Arc<Mutex<Latency>>,
     /// See [`Summary::beyond_watermark`]; kept by each process's first worker.
     beyond_watermark: Mutex<Latency>,

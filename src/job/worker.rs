@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tidemark_checkpoint::committer::{committer, CommitHandle, CommitterConfig, Retry};
+use tidemark_checkpoint::committer::{committer, CommitHandle, CommitterConfig};
 use tidemark_checkpoint::manifest::{Manifest, Position};
 use tidemark_checkpoint::restore::restore_state;
+use tidemark_checkpoint::retry::RetryPolicy;
 use tidemark_checkpoint::writer::{writer, WriterConfig};
 use tidemark_connectors::adapters::SourceSpec;
 use tidemark_dataflow::event::Tick;
@@ -115,6 +116,8 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
                 generation: sh.generation,
                 names: sh.names.clone(),
                 params: params.clone(),
+                retry: RetryPolicy::default().giving_up_after(sh.spec.give_up_after),
+                handle: sh.writes.clone(),
             },
         );
         let reports = reports.probe_with(&probe);
@@ -147,7 +150,8 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
     }
     // The first worker of each process keeps the frontier metrics.
     let mut keeper = index.is_multiple_of(per_process).then(FrontierKeeper::new);
-    let commit_failed = || sh.committer.get().is_some_and(CommitHandle::failed);
+    let commit_failed =
+        || sh.committer.get().is_some_and(CommitHandle::failed) || sh.writes.failed();
     while worker.step_or_park(Some(Duration::from_millis(5))) {
         let nothing_read = || {
             sh.meter.records.load(Ordering::Relaxed) == 0
@@ -177,6 +181,10 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
         } else if let Some(f) = c.failure() {
             return Err(f.into());
         }
+    }
+    // A writer that gave up: this worker's, or another's of the process.
+    if let Some(f) = sh.writes.failure() {
+        return Err(f.into());
     }
     Ok(())
 }
@@ -252,7 +260,7 @@ fn committer_config(sh: &Shared) -> CommitterConfig {
         ends: sh.spec.source.ends(),
         reference_inputs: reference.map_or_else(Vec::new, |r| r.source.describe()),
         reference_ends: reference.map_or_else(Vec::new, |r| r.source.ends()),
-        retry: Retry::default(),
+        retry: RetryPolicy::default().giving_up_after(sh.spec.give_up_after),
     }
 }
 
