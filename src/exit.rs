@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use tidemark_checkpoint::committer::CommitFailure;
 use tidemark_checkpoint::writer::WriteFailure;
+use tidemark_dataflow::source::SourceFailure;
 use tidemark_protocol::resume::Refusal;
 
 /// The input ended and everything is committed, or the job stopped on
@@ -16,7 +17,10 @@ pub const _DONE: u8 = 0;
 /// A stop request found no commit within `job.stop_timeout`; `verify`
 /// found damage.
 pub const _STOP_TIMEOUT: u8 = 1;
-/// Bad configuration or command line, or an input or source that failed.
+/// Bad configuration or command line, or an input or source that failed,
+/// e.g. a truncated gzip file ([`SourceFailure`]: one line naming the file
+/// and the cause; what was committed before stays, and a restart resumes
+/// from the last commit).
 pub const FAILED: u8 = 2;
 /// Storage kept failing: a commit could not be made. Nothing committed is
 /// lost; a restart resumes from the last commit.
@@ -46,6 +50,9 @@ pub fn code_of(e: &anyhow::Error) -> ExitCode {
         if c.is::<Refusal>() {
             return ExitCode::from(RESUME_REFUSED);
         }
+        if c.is::<SourceFailure>() {
+            return ExitCode::from(FAILED);
+        }
     }
     ExitCode::from(FAILED)
 }
@@ -57,12 +64,39 @@ struct Cluster {
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+/// How many commits are in flight on this process's committer thread.
+type InFlight = Box<dyn Fn() -> usize + Send + Sync>;
+static IN_FLIGHT: OnceLock<InFlight> = OnceLock::new();
+/// How long a lost peer's line waits for commits in flight, so that it
+/// names the epoch a restart resumes from.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The newest committed epoch this process knows of (`i64::MIN`: none).
 static LAST_EPOCH: AtomicI64 = AtomicI64::new(i64::MIN);
 
 /// Records the cluster's addresses (one per process) and this process's index.
 pub fn set_cluster(process: usize, addresses: Vec<String>) {
     let _ = CLUSTER.set(Cluster { process, addresses });
+}
+
+/// Tells how many commits are in flight (process 0: manifests handed to
+/// the committer thread and not yet committed or failed).
+pub fn set_in_flight(f: impl Fn() -> usize + Send + Sync + 'static) {
+    let _ = IN_FLIGHT.set(Box::new(f));
+}
+
+/// Waits up to `limit` for the commits in flight; whether none is left.
+fn settle(limit: std::time::Duration) -> bool {
+    let Some(in_flight) = IN_FLIGHT.get() else {
+        return true;
+    };
+    let deadline = std::time::Instant::now() + limit;
+    while in_flight() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
 }
 
 /// Records a committed epoch (at start, the one resumed from; on process 0,
@@ -104,16 +138,23 @@ fn lost_peer(info: &std::panic::PanicHookInfo) -> Option<String> {
         .map(String::as_str)
         .or_else(|| info.payload().downcast_ref::<&str>().copied())
         .unwrap_or("");
-    Some(lost_peer_line(remote, cause))
+    // A commit the committer thread is making now still counts: the peer
+    // is gone, but the epoch is complete. Waiting for it makes the line
+    // name the epoch a restart resumes from.
+    let settled = settle(SETTLE);
+    Some(lost_peer_line(remote, cause, settled))
 }
 
-fn lost_peer_line(remote: usize, cause: &str) -> String {
+/// `settled`: no commit of this process is in flight, so the last epoch
+/// it committed is the one a restart resumes from (on process 0, which
+/// commits).
+fn lost_peer_line(remote: usize, cause: &str, settled: bool) -> String {
     let cluster = CLUSTER.get();
     let address = cluster
         .and_then(|c| c.addresses.get(remote))
         .map_or_else(String::new, |a| format!(" ({a})"));
     let epoch = LAST_EPOCH.load(Ordering::Relaxed);
-    let exact = cluster.is_some_and(|c| c.process == 0);
+    let exact = settled && cluster.is_some_and(|c| c.process == 0);
     let resume = match (epoch, exact) {
         (i64::MIN, _) => "from the start (nothing was committed)".to_owned(),
         (e, true) => format!("from epoch {e}"),
@@ -177,6 +218,30 @@ mod tests {
             .unwrap_err();
         assert_eq!(code_of(&refused), ExitCode::from(RESUME_REFUSED));
 
+        let source = Err::<(), _>(SourceFailure {
+            partition: 2,
+            what: "reading in/part-00002.jsonl.gz: incomplete deflate stream".into(),
+        })
+        .context("worker 1")
+        .unwrap_err();
+        assert_eq!(code_of(&source), ExitCode::from(FAILED));
+        let source = anyhow::Error::new(SourceFailure {
+            partition: 2,
+            what: "reading in/part-00002.jsonl.gz: incomplete deflate stream".into(),
+        });
+        assert_eq!(
+            format!("error: {source:#}"),
+            "error: input partition 2: reading in/part-00002.jsonl.gz: incomplete deflate stream"
+        );
+        let reference = anyhow::Error::new(SourceFailure {
+            partition: tidemark_dataflow::source::REFERENCE_BASE + 1,
+            what: "reading m/b.jsonl: Is a directory (os error 21)".into(),
+        });
+        assert_eq!(
+            format!("{reference:#}"),
+            "reference input partition 1: reading m/b.jsonl: Is a directory (os error 21)"
+        );
+
         assert_eq!(
             code_of(&anyhow::anyhow!("bad config")),
             ExitCode::from(FAILED)
@@ -185,16 +250,19 @@ mod tests {
 
     #[test]
     fn a_lost_peer_is_named_with_its_address_and_where_to_resume() {
-        assert!(lost_peer_line(1, "socket closed").starts_with(
+        assert!(lost_peer_line(1, "socket closed", true).starts_with(
             "process 1 went away (socket closed); restart every process to resume from the start"
         ));
         set_cluster(0, vec!["127.0.0.1:2100".into(), "127.0.0.1:2101".into()]);
         committed(60_000);
         committed(50_000);
         assert_eq!(
-            lost_peer_line(1, "timely communication error: reading data: socket closed"),
+            lost_peer_line(1, "timely communication error: reading data: socket closed", true),
             "process 1 (127.0.0.1:2101) went away (timely communication error: reading data: socket closed); \
              restart every process to resume from epoch 60000"
         );
+        // A commit still in flight after the wait: the epoch is a floor.
+        assert!(lost_peer_line(1, "socket closed", false)
+            .ends_with("resume from the last committed epoch (60000 or later)"));
     }
 }

@@ -85,10 +85,17 @@ impl FileReader {
     /// Reads the next record into `self.line`; false at end of file.
     fn read_line(&mut self) -> Result<bool> {
         self.line.clear();
-        let n = self
-            .input
-            .read_until(b'\n', &mut self.line)
-            .with_context(|| format!("reading {}", self.name))?;
+        let n = match self.input.read_until(b'\n', &mut self.line) {
+            Ok(n) => n,
+            // A gzip stream that ends before its end: the file was cut short
+            // (a copy or upload that did not finish).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::UnexpectedEof && self.name.ends_with(".gz") =>
+            {
+                bail!("reading {}: {e} (the gzip file is truncated)", self.name)
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.name)),
+        };
         if n == 0 {
             return Ok(false);
         }
@@ -149,6 +156,42 @@ mod tests {
         std::fs::write(&gz, enc.finish().unwrap()).unwrap();
         assert_eq!(records(&gz, 1), vec![(b"g2".to_vec(), 1)]);
         assert!(FileReader::open(&q, 5).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_gzip_file_is_an_error_naming_it_after_its_whole_lines() {
+        let dir = std::env::temp_dir().join(format!("tidemark-file-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let gz = dir.join("cut.jsonl.gz");
+        let text: String = (0..5000).map(|i| format!("record {i}\n")).collect();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, text.as_bytes()).unwrap();
+        let bytes = enc.finish().unwrap();
+        std::fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();
+        let mut r = FileReader::open(&gz, 0).unwrap();
+        let mut batch = RawBatch::default();
+        let mut good = 0;
+        let err = loop {
+            batch.clear();
+            match r.poll(1, &mut batch) {
+                Ok(Poll::Ready) => {
+                    let (line, offset) = batch.iter().next().unwrap();
+                    assert_eq!(line, format!("record {offset}").as_bytes());
+                    good += 1;
+                }
+                Ok(p) => panic!("a truncated file must not end cleanly: {p:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(good > 0 && good < 5000, "{good} whole lines");
+        assert_eq!(
+            err,
+            format!(
+                "reading {}: incomplete deflate stream (the gzip file is truncated)",
+                gz.display()
+            )
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

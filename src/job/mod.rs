@@ -25,7 +25,7 @@ use tidemark_connectors::adapters::SourceSpec;
 use tidemark_connectors::background::Background;
 use tidemark_connectors::kafka::KafkaSettings;
 use tidemark_dataflow::params::Params;
-use tidemark_dataflow::source::{Meter, REFERENCE_BASE};
+use tidemark_dataflow::source::{Meter, SourceFailure, REFERENCE_BASE};
 use tidemark_sinks::SinkTopics;
 
 use crate::kafka_job::offset_mirror;
@@ -154,6 +154,14 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         frontier_ms: Arc::new(AtomicI64::new(i64::MIN)),
         opened: AtomicUsize::new(0),
     });
+    // A lost peer's line waits for commits in flight to name the epoch to
+    // resume from.
+    let weak = Arc::downgrade(&shared);
+    crate::exit::set_in_flight(move || {
+        weak.upgrade()
+            .and_then(|s| s.committer.get().map(CommitHandle::queued))
+            .unwrap_or(0)
+    });
     let progress = Progress::start(
         shared.meter.clone(),
         shared.status.clone(),
@@ -170,7 +178,11 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         worker::run(worker, &worker_shared)
     })
     .map_err(|e| anyhow::anyhow!("starting the timely cluster: {e}"))?;
-    let (commit_failure, failed) = join(guards, &shared);
+    let Joined {
+        commit_failure,
+        source_failure,
+        failed,
+    } = join(guards, &shared);
     progress.stop();
     // The final values stay for a last scrape; the run's state goes.
     metrics::collect(&shared);
@@ -197,42 +209,62 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     if let Some(e) = commit_failure {
         return Err(e);
     }
+    // So is a source that failed: typed, for `main` (exit code 2).
+    if let Some(e) = source_failure {
+        return Err(e);
+    }
     if !failed.is_empty() {
         bail!("worker failed: {}", failed.join("; "));
     }
     summarize(&shared, started.elapsed())
 }
 
+/// How the workers of this process ended.
+struct Joined {
+    /// A commit that could not be made: the job's error.
+    commit_failure: Option<anyhow::Error>,
+    /// A source partition that failed ([`SourceFailure`]): the job's error
+    /// unless a commit failed too.
+    source_failure: Option<anyhow::Error>,
+    /// Any other worker errors.
+    failed: Vec<String>,
+}
+
 /// Waits for every worker of this process, and for the committer thread.
-/// Returns a commit failure (the job's typed error) and any other worker
-/// errors.
-fn join(
-    guards: timely::communication::WorkerGuards<Result<()>>,
-    shared: &Shared,
-) -> (Option<anyhow::Error>, Vec<String>) {
-    let process = shared.process;
+fn join(guards: timely::communication::WorkerGuards<Result<()>>, shared: &Shared) -> Joined {
     let mut failed = Vec::new();
     let mut commit_failure = None;
+    let mut source_failure = None;
     let mut results = Vec::new();
-    if shared.processes > 1 && process == 0 {
-        // A failed commit stops this process's workers, but the other
-        // processes' workers wait for them, and joining the connections to
-        // those processes would wait for them forever. So once the workers
-        // here are done after a failed commit, the connections are left to
-        // the process's exit, which ends the peers as it always did.
+    let source_failed = || {
+        shared
+            .meter
+            .failure()
+            .or_else(|| shared.reference_meter.failure())
+    };
+    if shared.processes > 1 {
+        // A failed commit (on process 0) or a failed source stops this
+        // process's workers, but the other processes' workers wait for
+        // them, and joining the connections to those processes would wait
+        // for them forever. So once the workers here are done after such a
+        // failure, the connections are left to the process's exit, which
+        // ends the peers (they name this process as lost).
         while !guards.guards().iter().all(|g| g.is_finished()) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let failure = shared.committer.get().and_then(CommitHandle::failure);
-        match failure
-            .map(Into::into)
-            .or(shared.writes.failure().map(Into::into))
-        {
-            Some(f) => {
-                commit_failure = Some(f);
-                std::mem::forget(guards);
-            }
-            None => results = guards.join(),
+        let commit = shared
+            .committer
+            .get()
+            .and_then(CommitHandle::failure)
+            .map(anyhow::Error::from)
+            .or(shared.writes.failure().map(anyhow::Error::from));
+        let source = source_failed();
+        if commit.is_some() || source.is_some() {
+            commit_failure = commit;
+            source_failure = source.map(anyhow::Error::from);
+            std::mem::forget(guards);
+        } else {
+            results = guards.join();
         }
     } else {
         results = guards.join();
@@ -242,6 +274,9 @@ fn join(
             Ok(Ok(())) => {}
             Ok(Err(e)) if e.is::<CommitFailure>() || e.is::<WriteFailure>() => {
                 commit_failure.get_or_insert(e);
+            }
+            Ok(Err(e)) if e.is::<SourceFailure>() => {
+                source_failure.get_or_insert(e);
             }
             Ok(Err(e)) => failed.push(format!("{e:#}")),
             Err(e) => failed.push(e),
@@ -254,7 +289,11 @@ fn join(
             commit_failure.get_or_insert(f.into());
         }
     }
-    (commit_failure, failed)
+    Joined {
+        commit_failure,
+        source_failure,
+        failed,
+    }
 }
 
 /// What the run did, once everything it wrote is committed; process 0

@@ -1,7 +1,7 @@
 //! One timely worker of a job: restore its share of the state, open its
 //! partitions, build the dataflow (sources, computation, writer,
-//! committer), and step it until it completes, is stopped, or a commit
-//! fails.
+//! committer), and step it until it completes, is stopped, a commit
+//! fails, or a source partition fails.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use tidemark_connectors::adapters::SourceSpec;
 use tidemark_dataflow::event::Tick;
 use tidemark_dataflow::graph::{build, Restored};
 use tidemark_dataflow::source::{
-    source, source_of, Merchants, Meter, PartitionReader, PartitionStart, SourceConfig,
+    source, source_of, Merchants, Meter, PartitionReader, PartitionStart, SourceConfig, Unopened,
     REFERENCE_BASE,
 };
 use tidemark_dataflow::stateful::Marker;
@@ -56,7 +56,7 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
         readers,
         reference_readers,
         readers_count,
-    } = open_sources(sh, index, peers)?;
+    } = open_sources(sh, index, peers);
 
     let probe = ProbeHandle::new();
     worker.dataflow::<Tick, _, _>(|scope| {
@@ -152,6 +152,7 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
     let mut keeper = index.is_multiple_of(per_process).then(FrontierKeeper::new);
     let commit_failed =
         || sh.committer.get().is_some_and(CommitHandle::failed) || sh.writes.failed();
+    let source_failed = || sh.meter.failed() || sh.reference_meter.failed();
     while worker.step_or_park(Some(Duration::from_millis(5))) {
         let nothing_read = || {
             sh.meter.records.load(Ordering::Relaxed) == 0
@@ -160,10 +161,12 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
         if sh.stopped.load(Ordering::Relaxed)
             || (sh.spec.stop.load(Ordering::Relaxed) && nothing_read())
             || commit_failed()
+            || source_failed()
         {
-            // Stopped after a commit (or before reading anything), or a
-            // commit failed: the dataflow is dropped unfinished, so open
-            // windows are not flushed.
+            // Stopped after a commit (or before reading anything), a
+            // commit failed, or a source partition failed: the dataflow is
+            // dropped unfinished, so open windows are not flushed and no
+            // epoch past the last complete one is committed.
             for id in worker.installed_dataflows() {
                 worker.drop_dataflow(id);
             }
@@ -186,6 +189,11 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
     if let Some(f) = sh.writes.failure() {
         return Err(f.into());
     }
+    // A failed source is the job's error once the epochs completed before
+    // it are committed (above): they hold only records read correctly.
+    if let Some(f) = sh.meter.failure().or_else(|| sh.reference_meter.failure()) {
+        return Err(f.into());
+    }
     Ok(())
 }
 
@@ -197,8 +205,9 @@ struct Sources {
     readers_count: usize,
 }
 
-/// Opens this worker's partitions, each at its committed position.
-fn open_sources(sh: &Shared, index: usize, peers: usize) -> Result<Sources> {
+/// Opens this worker's partitions, each at its committed position. A
+/// partition that cannot be opened fails when first read ([`unopened`]).
+fn open_sources(sh: &Shared, index: usize, peers: usize) -> Sources {
     // Partitions are assigned by a fixed function of (partition, workers).
     // A Kinesis stream is read by process 0's workers: a child shard joins
     // the worker of its parent and waits for its other parent through
@@ -214,7 +223,11 @@ fn open_sources(sh: &Shared, index: usize, peers: usize) -> Result<Sources> {
         .filter(|p| index < readers_count && *p as usize % readers_count == index)
         .map(|p| (p, sh.position(p)))
         .collect();
-    let readers = sh.spec.source.open_worker(&mine)?;
+    let readers = sh
+        .spec
+        .source
+        .open_worker(&mine)
+        .unwrap_or_else(|e| unopened(&mine, &e));
     // Reference partitions, by a fixed function of (partition, workers).
     let reference_readers = match &sh.spec.reference {
         Some(r) => {
@@ -225,7 +238,7 @@ fn open_sources(sh: &Shared, index: usize, peers: usize) -> Result<Sources> {
             let mut readers = r
                 .source
                 .open_worker(&mine)
-                .map_err(|e| e.context("opening the reference input"))?;
+                .unwrap_or_else(|e| unopened(&mine, &e.context("opening the reference input")));
             for (start, _) in &mut readers {
                 start.partition += REFERENCE_BASE;
             }
@@ -233,11 +246,32 @@ fn open_sources(sh: &Shared, index: usize, peers: usize) -> Result<Sources> {
         }
         None => None,
     };
-    Ok(Sources {
+    Sources {
         readers,
         reference_readers,
         readers_count,
-    })
+    }
+}
+
+/// Partitions that could not be opened, each at its committed position:
+/// each fails with `e` when first read ([`Unopened`]), and the job stops
+/// with it once every worker has built its dataflow.
+fn unopened(
+    mine: &[(u32, Option<&Position>)],
+    e: &anyhow::Error,
+) -> Vec<(PartitionStart, Box<dyn PartitionReader>)> {
+    mine.iter()
+        .map(|&(p, pos)| {
+            let start = PartitionStart {
+                partition: p,
+                offset: pos.map_or(0, |x| x.offset),
+                max_ts: pos.and_then(|x| x.max_ts),
+                token: pos.and_then(|x| x.token.clone()),
+            };
+            let reader: Box<dyn PartitionReader> = Box::new(Unopened(format!("{e:#}")));
+            (start, reader)
+        })
+        .collect()
 }
 
 /// What the committer records in every commit and resumes from.

@@ -103,12 +103,17 @@ pub enum Poll {
 
 /// One source partition, positioned at its start offset by the connector.
 pub trait PartitionReader: 'static {
-    /// Append up to `max` records to `batch`.
+    /// Append up to `max` records to `batch`. An error (naming the file or
+    /// stream) fails the partition: the source records it in its [`Meter`]
+    /// as a [`SourceFailure`], reads the partition no more and emits
+    /// nothing further for it, and the job stops with the error. Records
+    /// appended before the error in the same call are dropped.
     fn poll(&mut self, max: usize, batch: &mut RawBatch) -> Result<Poll, String>;
 
     /// Asked once, right after `poll` answered [`Poll::Finished`]: the
     /// partitions that continue this one (the children of a closed Kinesis
-    /// shard), read from offset 0. Each starts with this partition's
+    /// shard), read from offset 0. An error fails the partition, as in
+    /// [`PartitionReader::poll`]. Each starts with this partition's
     /// `max_ts`, so it continues its lateness and never needs a time the
     /// worker's capability has passed.
     fn successors(&mut self) -> Result<Vec<Successor>, String> {
@@ -120,6 +125,19 @@ pub trait PartitionReader: 'static {
     /// a partition that waits.
     fn describe(&self) -> String {
         String::new()
+    }
+}
+
+/// A partition that could not be opened (an input file that cannot be
+/// read, a broker that refused): its first poll fails with why, so the
+/// failure travels as every reader error does ([`SourceFailure`]) once the
+/// dataflow is built on every worker. (A worker that left before building
+/// it would leave the others waiting for it.)
+pub struct Unopened(pub String);
+
+impl PartitionReader for Unopened {
+    fn poll(&mut self, _max: usize, _batch: &mut RawBatch) -> Result<Poll, String> {
+        Err(self.0.clone())
     }
 }
 
@@ -171,8 +189,34 @@ pub struct SourceConfig {
     pub max_rate: Option<u64>,
 }
 
+/// A source partition whose reader failed (an input file that cannot be
+/// read, a truncated gzip stream, a shard whose children cannot be listed):
+/// the job cannot go on. The partition stops where it read correctly; what
+/// was committed before stays, and a restart resumes from the last commit.
+/// The message names the partition and the reader's error, which names the
+/// file or stream, e.g. `input partition 2: reading data/part-00002.jsonl.gz:
+/// incomplete deflate stream`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} partition {}: {what}", input_of(*partition), partition & !REFERENCE_BASE)]
+pub struct SourceFailure {
+    /// The dataflow partition ([`REFERENCE_BASE`] and above: the reference
+    /// table's).
+    pub partition: u32,
+    /// The reader's error.
+    pub what: String,
+}
+
+fn input_of(partition: u32) -> &'static str {
+    if partition >= REFERENCE_BASE {
+        "reference input"
+    } else {
+        "input"
+    }
+}
+
 /// What the sources of a process have read: a count, and for latency
-/// accounting the wall time each batch was read with its largest tick.
+/// accounting the wall time each batch was read with its largest tick;
+/// and whether a source partition failed.
 #[derive(Default)]
 pub struct Meter {
     pub records: std::sync::atomic::AtomicU64,
@@ -181,6 +225,35 @@ pub struct Meter {
     pub frontier_batches: std::sync::Mutex<std::collections::VecDeque<(Instant, Tick, u32)>>,
     /// Per partition, updated once per batch read.
     pub partitions: std::sync::Mutex<std::collections::BTreeMap<u32, PartitionStats>>,
+    /// Set (after `failure`) when a partition's reader failed.
+    failed: std::sync::atomic::AtomicBool,
+    /// The first partition that failed in this process.
+    failure: std::sync::Mutex<Option<SourceFailure>>,
+}
+
+impl Meter {
+    /// Records that a partition failed; the first failure is the one kept.
+    pub fn fail(&self, f: SourceFailure) {
+        let mut slot = self.failure.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(f);
+        }
+        self.failed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a partition failed (cheap: polled by every worker's loop).
+    pub fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The first partition that failed, if one did.
+    pub fn failure(&self) -> Option<SourceFailure> {
+        if !self.failed() {
+            return None;
+        }
+        self.failure.lock().unwrap().clone()
+    }
 }
 
 /// What one source partition has read.

@@ -106,7 +106,7 @@ pub(super) fn build<'s, D: Decode>(
                 // Every live partition gets a fair share, starting where the
                 // last activation stopped, so none is starved and the
                 // watermark (their minimum) keeps moving.
-                let live = parts.iter().filter(|p| !p.finished).count();
+                let live = parts.iter().filter(|p| !p.finished && !p.failed).count();
                 let share = flow::fair_share(config.batch, budget, live);
                 let n = parts.len();
                 'outer: while read < budget {
@@ -119,21 +119,31 @@ pub(super) fn build<'s, D: Decode>(
                         if p.finished {
                             continue;
                         }
+                        if p.failed {
+                            // Waits for the job to drop the dataflow.
+                            pending_any = true;
+                            continue;
+                        }
                         match p.poll(share.min(budget - read), &mut batch) {
-                            Poll::Finished => {
-                                for s in p.finish() {
-                                    born.push((s, idx));
+                            Ok(Poll::Finished) => match p.finish() {
+                                Ok(successors) => {
+                                    born.extend(successors.into_iter().map(|s| (s, idx)))
                                 }
-                            }
-                            Poll::Waiting => {
+                                Err(f) => failed(&env, f),
+                            },
+                            Ok(Poll::Waiting) => {
                                 pending_any = true;
                                 p.waiting(&env);
                             }
-                            Poll::CaughtUp => {
+                            Ok(Poll::CaughtUp) => {
                                 pending_any = true;
                                 p.caught_up(&env);
                             }
-                            Poll::Ready => {}
+                            Ok(Poll::Ready) => {}
+                            Err(f) => {
+                                pending_any = true;
+                                failed(&env, f);
+                            }
                         }
                         if batch.is_empty() {
                             continue;
@@ -198,8 +208,16 @@ pub(super) fn build<'s, D: Decode>(
     (txns, rejects, positions)
 }
 
+/// A partition's reader failed: the process's meter keeps the first
+/// failure, for the job to stop with. The partition holds the capability
+/// where it is ([`Partition::failed`]).
+fn failed(env: &Env<'_>, f: super::SourceFailure) {
+    env.meter.fail(f);
+}
+
 /// The worker's new capability: the least watermark of live partitions
-/// that are not idle. When all are idle, the largest watermark, or the
+/// that are not idle (a failed partition is neither finished nor idle, so
+/// the capability stays where it is). When all are idle, the largest watermark, or the
 /// `followed` stream's time if it is ahead. `None` once every partition
 /// has finished.
 fn capability_tick(parts: &[Partition], params: &Params, followed: Option<Tick>) -> Option<Tick> {

@@ -9,7 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Decode, Meter, PartitionReader, PartitionStart, PositionEntry, RawBatch, Successor};
+use super::{
+    Decode, Meter, PartitionReader, PartitionStart, PositionEntry, RawBatch, SourceFailure,
+    Successor,
+};
 #[cfg(doc)]
 use super::{PartitionStats, Poll};
 use crate::event::{Millis, Reject, RejectReason, Tick};
@@ -25,6 +28,11 @@ pub(super) struct Partition {
     pub(super) next_offset: u64,
     pub(super) max_tick: Tick,
     pub(super) finished: bool,
+    /// Its reader failed ([`SourceFailure`]): it is read no more, emits
+    /// nothing further and keeps its position, and it holds the worker's
+    /// capability where it was, so no epoch past what it read correctly can
+    /// complete. The job stops.
+    pub(super) failed: bool,
     pub(super) idle: bool,
     last_data: Instant,
     /// When the last warning about waiting was logged.
@@ -81,6 +89,7 @@ impl Partition {
             start,
             reader,
             finished: false,
+            failed: false,
             idle: false,
             last_data: now,
             warned: None,
@@ -115,25 +124,43 @@ impl Partition {
     }
 
     /// Asks the reader for up to `max` records into `batch` (cleared first).
-    /// A reader's error is fatal.
-    pub(super) fn poll(&mut self, max: usize, batch: &mut RawBatch) -> super::Poll {
+    /// A reader's error fails the partition: `batch` is cleared (records
+    /// read before the error in the same call are not handed out, so the
+    /// position stays at the last record emitted) and the error is returned
+    /// for the job.
+    pub(super) fn poll(
+        &mut self,
+        max: usize,
+        batch: &mut RawBatch,
+    ) -> Result<super::Poll, SourceFailure> {
         batch.clear();
-        self.reader.poll(max, batch).unwrap_or_else(|e| {
-            panic!(
-                "source {name_p} partition {}: {e}",
-                self.start.partition,
-                name_p = "input"
-            )
+        self.reader.poll(max, batch).map_err(|what| {
+            batch.clear();
+            self.fail(what)
         })
     }
 
     /// The reader answered `Poll::Finished`: the partition is done, and
-    /// these continue it.
-    pub(super) fn finish(&mut self) -> Vec<Successor> {
-        self.finished = true;
-        self.reader
-            .successors()
-            .unwrap_or_else(|e| panic!("source input partition {}: {e}", self.start.partition))
+    /// these continue it. If the reader cannot say which partitions
+    /// continue it, the partition fails instead of finishing, so it keeps
+    /// holding the capability its successors would need.
+    pub(super) fn finish(&mut self) -> Result<Vec<Successor>, SourceFailure> {
+        match self.reader.successors() {
+            Ok(s) => {
+                self.finished = true;
+                Ok(s)
+            }
+            Err(what) => Err(self.fail(what)),
+        }
+    }
+
+    fn fail(&mut self, what: String) -> SourceFailure {
+        self.failed = true;
+        self.idle = false;
+        SourceFailure {
+            partition: self.start.partition,
+            what,
+        }
     }
 
     /// The reader answered `Poll::Waiting`: records are unread, so the

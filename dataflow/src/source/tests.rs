@@ -572,3 +572,158 @@ fn rejects_before_any_watermark_sit_at_the_start_of_time() {
     assert_eq!(rejects[0].0, Tick::MIN);
     assert_eq!(rejects[0].1[0].reason, RejectReason::Malformed);
 }
+
+/// Hands out its records, then fails (in the middle of a batch, as a
+/// truncated file does), or, with `finish_then_fail`, finishes and then
+/// cannot say which partitions continue it.
+struct Failing {
+    records: VecReader,
+    finish_then_fail: bool,
+}
+
+impl PartitionReader for Failing {
+    fn poll(&mut self, max: usize, batch: &mut RawBatch) -> Result<Poll, String> {
+        match self.records.poll(max, batch)? {
+            Poll::Finished if !self.finish_then_fail => {
+                Err("reading in/part-00000.jsonl.gz: incomplete deflate stream".into())
+            }
+            p => Ok(p),
+        }
+    }
+
+    fn successors(&mut self) -> Result<Vec<Successor>, String> {
+        Err("listing the children of shard 0: throttled".into())
+    }
+}
+
+/// Runs the source over `readers` until a partition fails, then a while
+/// longer: what it emitted, the positions it reported, the failure in the
+/// meter, and whether the dataflow could complete (it must not: the failed
+/// partition holds the capability until the job drops the dataflow).
+fn run_until_failure(
+    make: impl FnOnce() -> Readers + Send + Sync + 'static,
+) -> (Vec<String>, Vec<PositionEntry>, Option<SourceFailure>, bool) {
+    let meter = std::sync::Arc::new(Meter::default());
+    let m = meter.clone();
+    let (txns, positions, completed) = timely::execute_directly(move |worker| {
+        let (txns, positions) = worker.dataflow::<Tick, _, _>(|scope| {
+            let config = SourceConfig {
+                batch: 2,
+                budget: 100,
+                max_lag_ticks: 1000,
+                skip_below: Tick::MIN,
+                meter: m.clone(),
+                max_rate: None,
+            };
+            let (t, _, p) = source(
+                scope,
+                "test",
+                Params::default(),
+                config,
+                make(),
+                ProbeHandle::new(),
+            );
+            (t.capture(), p.capture())
+        });
+        let mut completed = false;
+        let mut after = 0;
+        while after < 200 {
+            if !worker.step_or_park(Some(Duration::from_millis(1))) {
+                completed = true;
+                break;
+            }
+            if m.failed() {
+                after += 1;
+            }
+        }
+        // What the job does on a failure.
+        for id in worker.installed_dataflows() {
+            worker.drop_dataflow(id);
+        }
+        (txns, positions, completed)
+    });
+    let ids = txns
+        .try_iter()
+        .flat_map(|e| match e {
+            Event::Messages(_, d) => d,
+            _ => Vec::new(),
+        })
+        .map(|t| t.transaction_id().to_owned())
+        .collect();
+    let positions = positions
+        .try_iter()
+        .flat_map(|e| match e {
+            Event::Messages(_, d) => d,
+            _ => Vec::new(),
+        })
+        .collect();
+    (ids, positions, meter.failure(), completed)
+}
+
+#[test]
+fn a_failing_reader_stops_its_partition_where_it_read_correctly_without_a_panic() {
+    let (mut ids, positions, failure, completed) = run_until_failure(|| {
+        vec![
+            (
+                fresh(0),
+                Box::new(Failing {
+                    // Batches of 2: a, b | c, d | e, then the error.
+                    records: VecReader(
+                        ["a", "b", "c", "d", "e"]
+                            .iter()
+                            .zip(100..)
+                            .map(|(id, s)| rec(id, s))
+                            .collect(),
+                        0,
+                    ),
+                    finish_then_fail: false,
+                }) as Box<dyn PartitionReader>,
+            ),
+            (fresh(1), Box::new(VecReader(vec![rec("z", 200)].into(), 0))),
+        ]
+    });
+    assert_eq!(
+        failure,
+        Some(SourceFailure {
+            partition: 0,
+            what: "reading in/part-00000.jsonl.gz: incomplete deflate stream".into()
+        })
+    );
+    assert_eq!(
+        failure.unwrap().to_string(),
+        "input partition 0: reading in/part-00000.jsonl.gz: incomplete deflate stream"
+    );
+    assert!(!completed, "the failed partition must hold the capability");
+    // e was read in the batch that failed: neither emitted nor reported.
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c", "d", "z"]);
+    let furthest = positions
+        .iter()
+        .filter(|p| p.partition == 0)
+        .map(|p| (p.offset, p.max_ts))
+        .max()
+        .unwrap();
+    assert_eq!(furthest, (4, Some(103_000)));
+}
+
+#[test]
+fn a_successor_listing_that_fails_fails_the_partition_instead_of_finishing_it() {
+    let (ids, _, failure, completed) = run_until_failure(|| {
+        vec![(
+            fresh(REFERENCE_BASE + 3),
+            Box::new(Failing {
+                records: VecReader(vec![rec("a", 100)].into(), 0),
+                finish_then_fail: true,
+            }) as Box<dyn PartitionReader>,
+        )]
+    });
+    assert_eq!(ids, ["a"]);
+    assert!(
+        !completed,
+        "a partition whose successors are unknown must not finish"
+    );
+    assert_eq!(
+        failure.unwrap().to_string(),
+        "reference input partition 3: listing the children of shard 0: throttled"
+    );
+}
