@@ -155,8 +155,11 @@ fn lost_peer_line(remote: usize, cause: &str, settled: bool) -> String {
         .map_or_else(String::new, |a| format!(" ({a})"));
     let epoch = LAST_EPOCH.load(Ordering::Relaxed);
     let exact = settled && cluster.is_some_and(|c| c.process == 0);
+    // Only process 0 commits, so only it knows the last epoch exactly; the
+    // others know the one they resumed from.
     let resume = match (epoch, exact) {
-        (i64::MIN, _) => "from the start (nothing was committed)".to_owned(),
+        (i64::MIN, true) => "from the start (nothing was committed)".to_owned(),
+        (i64::MIN, false) => "from the last commit".to_owned(),
         (e, true) => format!("from epoch {e}"),
         (e, false) => format!("from the last committed epoch ({e} or later)"),
     };
@@ -250,9 +253,11 @@ mod tests {
 
     #[test]
     fn a_lost_peer_is_named_with_its_address_and_where_to_resume() {
-        assert!(lost_peer_line(1, "socket closed", true).starts_with(
-            "process 1 went away (socket closed); restart every process to resume from the start"
-        ));
+        // Not process 0 (or not known to be): it does not see the commits.
+        assert_eq!(
+            lost_peer_line(0, "socket closed", true),
+            "process 0 went away (socket closed); restart every process to resume from the last commit"
+        );
         set_cluster(0, vec!["127.0.0.1:2100".into(), "127.0.0.1:2101".into()]);
         committed(60_000);
         committed(50_000);
@@ -262,6 +267,7 @@ mod tests {
              restart every process to resume from epoch 60000"
         );
         // A commit still in flight after the wait: the epoch is a floor.
+        assert!(lost_peer_line(1, "socket closed", true).ends_with("resume from epoch 60000"));
         assert!(lost_peer_line(1, "socket closed", false)
             .ends_with("resume from the last committed epoch (60000 or later)"));
     }

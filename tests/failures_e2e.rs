@@ -110,6 +110,48 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// The whole lines a truncated gzip stream yields before its error.
+fn whole_lines(truncated: &[u8]) -> usize {
+    let mut dec = flate2::read::MultiGzDecoder::new(truncated);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1 << 16];
+    loop {
+        match std::io::Read::read(&mut dec, &mut buf) {
+            Ok(0) => panic!("the truncated stream ended cleanly"),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// Writes `files` gzipped into `dir`, the one at `cut` cut in half; returns
+/// the glob of the gzipped files, the cut file's path and its whole lines.
+fn gzipped_with_one_cut(files: &[PathBuf], dir: &Path, cut: usize) -> (String, PathBuf, usize) {
+    std::fs::create_dir(dir).unwrap();
+    let (mut path, mut lines) = (PathBuf::new(), 0);
+    for (i, f) in files.iter().enumerate() {
+        let name = format!("{}.gz", f.file_name().unwrap().to_string_lossy());
+        let mut bytes = gzip(&std::fs::read(f).unwrap());
+        if i == cut {
+            bytes.truncate(bytes.len() / 2);
+            path = dir.join(&name);
+            lines = whole_lines(&bytes);
+        }
+        std::fs::write(dir.join(&name), bytes).unwrap();
+    }
+    (format!("{}/*.jsonl.gz", dir.display()), path, lines)
+}
+
+/// The line a truncated gzip input ends the job with.
+fn truncated_line(partition: usize, path: &Path) -> String {
+    format!(
+        "error: input partition {partition}: reading {}: incomplete deflate stream \
+         (the gzip file is truncated)",
+        path.display()
+    )
+}
+
 /// Four generated `.jsonl.gz` files, one of them (partition 2) cut in half
 /// mid-stream: the job reads it up to the cut, exits 2 with the line
 /// `error: input partition 2: reading …/part-00002.jsonl.gz: incomplete
@@ -123,21 +165,9 @@ fn a_truncated_gzip_input_exits_2_naming_it_and_commits_only_what_was_read() {
     generate(&plain, 40_000, 4, 23, 1000);
     let files = jsonl_files(&plain);
     assert_eq!(files.len(), 4, "{files:?}");
-    let gz_dir = tmp.join("gz");
-    std::fs::create_dir(&gz_dir).unwrap();
-    let mut cut = PathBuf::new();
-    for (i, f) in files.iter().enumerate() {
-        let name = format!("{}.gz", f.file_name().unwrap().to_string_lossy());
-        let mut bytes = gzip(&std::fs::read(f).unwrap());
-        if i == 2 {
-            bytes.truncate(bytes.len() / 2);
-            cut = gz_dir.join(&name);
-        }
-        std::fs::write(gz_dir.join(&name), bytes).unwrap();
-    }
+    let (input, cut, whole) = gzipped_with_one_cut(&files, &tmp.join("gz"), 2);
     let config = tidemark_testkit::write(&tmp, "job.toml", FAST_COMMITS);
     let out = tmp.join("out");
-    let input = format!("{}/*.jsonl.gz", gz_dir.display());
     // Throttled, so that epochs commit before the reader reaches the cut.
     let child = job::replay_command(&input, &out, &config, &["-w", "2", "--rate", "4000"])
         .spawn()
@@ -148,15 +178,7 @@ fn a_truncated_gzip_input_exits_2_naming_it_and_commits_only_what_was_read() {
     assert_eq!(o.status.code(), Some(FAILED), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let last = err.lines().last().unwrap_or("");
-    assert_eq!(
-        last,
-        format!(
-            "error: input partition 2: reading {}: incomplete deflate stream \
-             (the gzip file is truncated)",
-            cut.display()
-        ),
-        "{err}"
-    );
+    assert_eq!(last, truncated_line(2, &cut), "{err}");
     let committed = manifests(&out);
     assert!(committed >= 1, "no epoch committed before the failure");
     verify_ok(&out);
@@ -164,23 +186,91 @@ fn a_truncated_gzip_input_exits_2_naming_it_and_commits_only_what_was_read() {
     let got = read_committed(&out);
     assert!(!got.transactions.is_empty());
     assert_within(&full, &got);
-    // Nothing of the cut file beyond its decodable prefix was committed.
-    let cut_records = reference::read_records(&files[2]).len() as i64;
+    // Nothing of the cut file beyond its whole lines was committed.
     let furthest = got
         .transactions
         .iter()
-        .filter(|t| t.partition == 2)
-        .map(|t| t.offset)
+        .map(|t| (t.partition, t.offset))
+        .chain(got.rejects.iter().map(|r| (r.partition, r.offset)))
+        .filter(|r| r.0 == 2)
+        .map(|r| r.1)
         .max()
         .unwrap_or(-1);
     assert!(
-        furthest < cut_records / 2 + 1000,
-        "partition 2 committed up to line {furthest} of {cut_records}, past the cut"
+        furthest < whole as i64,
+        "partition 2 committed line {furthest}; the cut file has {whole} whole lines"
     );
     eprintln!(
         "{committed} epochs committed ({} transactions) before the failure",
         got.transactions.len()
     );
+}
+
+/// In a two-process cluster, the process that reads the truncated file
+/// exits 2 with the line naming it; the other, losing it, exits 6 naming
+/// it as the peer that went away. Neither hangs nor panics, and what was
+/// committed verifies.
+#[test]
+fn in_a_cluster_the_process_with_the_truncated_input_exits_2_and_its_peer_6() {
+    let tmp = tempdir();
+    let plain = tmp.join("plain");
+    generate(&plain, 40_000, 4, 37, 1000);
+    let files = jsonl_files(&plain);
+    let config = tidemark_testkit::write(&tmp, "job.toml", FAST_COMMITS);
+    // With one worker per process, process p reads partitions p and p + 2.
+    for (cut, failing) in [(2usize, 0usize), (1, 1)] {
+        let case = tmp.join(format!("cut-{cut}"));
+        std::fs::create_dir(&case).unwrap();
+        let (input, path, _) = gzipped_with_one_cut(&files, &case.join("gz"), cut);
+        let out = case.join("out");
+        let hostfile = cluster::hostfile(&case, 2);
+        let hosts: Vec<String> = std::fs::read_to_string(&hostfile)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let procs: Vec<Child> = (0..2)
+            .map(|p| {
+                let p = p.to_string();
+                let extra = ["-w", "1", "--rate", "4000", "-n", "2", "-p", &p, "-h"];
+                job::replay_command(&input, &out, &config, &extra)
+                    .arg(&hostfile)
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for (i, child) in procs.into_iter().enumerate() {
+            let o = wait_at_most(child, Duration::from_secs(120), &format!("process {i}"));
+            let err = String::from_utf8_lossy(&o.stderr);
+            eprintln!("file {cut} cut: process {i} said:\n{err}");
+            assert!(!err.contains("panicked"), "process {i}: {err}");
+            let last = err.lines().last().unwrap_or("");
+            if i == failing {
+                assert_eq!(o.status.code(), Some(FAILED), "process {i}: {err}");
+                assert_eq!(last, truncated_line(cut, &path), "process {i}: {err}");
+            } else {
+                assert_eq!(o.status.code(), Some(LOST_PEER), "process {i}: {err}");
+                let named = format!("error: process {failing} ({}) went away (", hosts[failing]);
+                assert!(last.starts_with(&named), "process {i}: {err}");
+                if i == 0 && manifests(&out) > 0 {
+                    let epoch = newest_epoch(&out);
+                    assert!(
+                        last.ends_with(&format!("resume from epoch {epoch}")),
+                        "process {i}: {err}"
+                    );
+                } else if i != 0 {
+                    // Only process 0 commits, so only it names the epoch.
+                    assert!(
+                        last.ends_with("); restart every process to resume from the last commit"),
+                        "process {i}: {err}"
+                    );
+                }
+            }
+        }
+        if manifests(&out) > 0 {
+            verify_ok(&out);
+        }
+    }
 }
 
 /// An input file that cannot be opened (a symlink to a sysctl that is
