@@ -334,7 +334,7 @@ fn watchdog() {
                     store = e.store,
                     key = e.key,
                     epoch = ?e.epoch,
-                    "storage has not answered for {:.0}s: writing {}; still waiting",
+                    "storage has not answered for {:.1}s: writing {}; still waiting",
                     now.duration_since(e.since).as_secs_f64(),
                     e.what
                 );
@@ -362,7 +362,7 @@ fn warn_failing<E: fmt::Display>(
         failures = attempts.failures(),
         failing_for_s = attempts.failing_for(now).as_secs(),
         error = %format_args!("{error:#}"),
-        "storage is failing: writing {target}; retrying in {:.1}s, {give_up}",
+        "storage is failing: writing {target}; retrying in {:.2}s, {give_up}",
         after.as_secs_f64()
     );
 }

@@ -19,7 +19,9 @@
 //!   retried, as AWS documents.
 //! - Retries with backoff (SDK standard mode, 12 attempts, no retry quota) and timeouts
 //!   (connect 5 s, attempt 30 s, operation 120 s); errors name the object
-//!   (`s3://bucket/key`) and the S3 error code.
+//!   (`s3://bucket/key`) and the S3 error code. An error after these is one
+//!   failed attempt for the checkpoint threads, which retry it with their
+//!   own policy (`tidemark_checkpoint::retry`) until storage is back.
 //! - `open_read` streams an object through a bounded channel fed by a task
 //!   on the runtime; a connection lost mid-body is resumed with a ranged
 //!   GET pinned to the object's ETag.
