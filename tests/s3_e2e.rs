@@ -352,6 +352,7 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
     }
     let away = Instant::now();
     proxy.set(Mode::Hang);
+    let peak_rss = std::cell::Cell::new(0u64);
     let phase = |until: Duration, job: &mut std::process::Child| {
         while away.elapsed() < until {
             assert!(
@@ -359,6 +360,7 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
                 "the job exited during the outage, {:?} in",
                 away.elapsed()
             );
+            peak_rss.set(peak_rss.get().max(rss_bytes(job.id())));
             std::thread::sleep(Duration::from_millis(200));
         }
     };
@@ -385,9 +387,29 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
         "first warning {first_warning:?} after the outage began: {}",
         text.join("\n")
     );
+    // The sources wait while epochs cannot be written (they stay at most 30
+    // ticks ahead of the writers): memory does not grow with the outage.
+    eprintln!("peak RSS during the outage: {} MiB", peak_rss.get() >> 20);
+    assert!(
+        peak_rss.get() < 512 << 20,
+        "peak RSS {} MiB",
+        peak_rss.get() >> 20
+    );
     let local = tmp.join("downloaded");
     download(&*st, &local);
     assert_same(&expected, &read_committed(&local));
+}
+
+/// A process's resident set, from `/proc` (0 once it is gone).
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn manifests_in(st: &dyn Storage) -> usize {
