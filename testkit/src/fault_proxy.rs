@@ -72,6 +72,8 @@ pub struct FaultProxy {
     target: SocketAddr,
     state: Arc<State>,
     listener: Mutex<Option<Arc<TcpListener>>>,
+    /// Disconnected once the accept thread has ended (the port is closed).
+    accepting: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 impl FaultProxy {
@@ -96,6 +98,7 @@ impl FaultProxy {
                 open: Mutex::new(Vec::new()),
             }),
             listener: Mutex::new(None),
+            accepting: Mutex::new(None),
         };
         p.listen(listener);
         p
@@ -143,6 +146,10 @@ impl FaultProxy {
         if let Some(l) = self.listener.lock().unwrap().take() {
             drop(l);
             let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+            // The port is closed once the accept thread has let go of it.
+            if let Some(ended) = self.accepting.lock().unwrap().take() {
+                let _ = ended.recv_timeout(Duration::from_secs(5));
+            }
         }
     }
 
@@ -197,18 +204,23 @@ impl FaultProxy {
     fn listen(&self, listener: TcpListener) {
         let listener = Arc::new(listener);
         *self.listener.lock().unwrap() = Some(listener.clone());
+        let (alive, ended) = std::sync::mpsc::channel::<()>();
+        *self.accepting.lock().unwrap() = Some(ended);
         let (st, target) = (self.state.clone(), self.target);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 if st.modes.lock().unwrap().refusing {
                     reset(&client);
-                    return;
+                    break;
                 }
                 st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 std::thread::spawn(move || connect(client, target, st));
             }
+            // The port closes with the last handle; then `refuse` may return.
+            drop(listener);
+            drop(alive);
         });
     }
 }
