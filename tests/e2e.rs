@@ -40,18 +40,6 @@ fn run_cluster(input: &str, out: &Path, config: &Path, processes: usize, workers
     });
 }
 
-fn verify_ok(root: &Path) {
-    let o = Command::new(job::bin())
-        .args(["verify", root.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "verify failed: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-}
-
 #[test]
 fn cluster_shapes_commit_identical_outputs() {
     let tmp = tempdir();
@@ -74,7 +62,7 @@ fn cluster_shapes_commit_identical_outputs() {
     for (n, w) in [(2, 1), (2, 2)] {
         let out = tmp.join(format!("{n}x{w}"));
         run_cluster(&input, &out, &config, n, w);
-        verify_ok(&out);
+        job::verify_ok(&out);
         assert_same(&expected, &read_committed(&out));
     }
 }
@@ -107,7 +95,7 @@ fn kill_at_five_moments_then_restart_equals_uninterrupted() {
         || {},
     );
     run_replay(&input, &out, &config, &["-w", "2"]);
-    verify_ok(&out);
+    job::verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
 }
 
@@ -162,7 +150,7 @@ fn damaged_epochs_are_reported_and_recovered() {
         assert!(String::from_utf8_lossy(&o.stdout).contains("DAMAGED"));
 
         run_replay(&input, &out, &config, &["-w", "1"]);
-        verify_ok(&out);
+        job::verify_ok(&out);
         assert_same(&expected, &read_committed(&out));
     }
 }
@@ -319,7 +307,7 @@ fn two_jobs_on_one_root_exactly_one_commits() {
         })
         .collect();
     job::assert_one_job_wins(jobs);
-    verify_ok(&out);
+    job::verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
 }
 
@@ -434,7 +422,7 @@ fn retention_keeps_the_newest_three_commits_and_every_output() {
     // Six before the kill, at least one after: more than `retain`.
     assert!(commits >= 7, "only {commits} commits");
     assert!(st.list("quarantine/").unwrap().is_empty());
-    verify_ok(&out);
+    job::verify_ok(&out);
     assert_same(&expected, &read_committed(&out));
 }
 
@@ -484,11 +472,11 @@ fn a_stopped_two_worker_job_finishes_with_three_workers_or_two_processes() {
     copy_root(&stopped, &two_procs);
 
     run_replay(&input, &stopped, &config, &["-w", "3"]);
-    verify_ok(&stopped);
+    job::verify_ok(&stopped);
     assert_same(&expected, &read_committed(&stopped));
 
     run_cluster(&input, &two_procs, &config, 2, 1);
-    verify_ok(&two_procs);
+    job::verify_ok(&two_procs);
     assert_same(&expected, &read_committed(&two_procs));
 }
 
@@ -542,7 +530,7 @@ fn a_changed_window_is_refused_unless_allowed_and_then_only_it_restarts() {
         &new_cfg,
         &["-w", "2", "--allow-config-change"],
     );
-    verify_ok(&out);
+    job::verify_ok(&out);
     let got = read_committed(&out);
 
     // Everything but the changed spec continues as if nothing changed.
@@ -620,7 +608,7 @@ fn switched_off_outputs_are_not_written_and_the_rest_is_unchanged() {
     );
     let peer = tmp.join("peer");
     run_replay(&input, &peer, &peer_cfg, &["-w", "2"]);
-    verify_ok(&peer);
+    job::verify_ok(&peer);
     let got = read_committed(&peer);
     assert!(got.transactions.is_empty() && got.rejects.is_empty() && got.anomalies.is_empty());
     assert!(!expected.rejects.is_empty() && !expected.anomalies.is_empty());
@@ -666,7 +654,7 @@ fn replay_runs_with_the_shipped_cluster_toml() {
         1,
         "one line should say the generator's reference table is left out: {err}"
     );
-    verify_ok(&out);
+    job::verify_ok(&out);
     let committed = read_committed(&out);
     assert!(!committed.transactions.is_empty() && !committed.windows.is_empty());
 }

@@ -6,12 +6,15 @@
 //! restart of every process finishes the job exactly once.
 
 use std::collections::HashSet;
-use std::fmt::Debug;
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
-use tidemark_testkit::committed::{assert_same, manifests, newest_epoch, read_committed};
+use tidemark_testkit::committed::{
+    anomaly_key, assert_same, manifests, newest_epoch, read_committed, reject_key, transaction_key,
+    window_key,
+};
 use tidemark_testkit::datasets::{generate, jsonl_files};
 use tidemark_testkit::job::{self, FAST_COMMITS};
 use tidemark_testkit::reference::{self, Outputs, RefParams};
@@ -20,19 +23,6 @@ use tidemark_testkit::{cluster, tempdir};
 /// Exit codes of `src/exit.rs` (the README's table).
 const FAILED: i32 = 2;
 const LOST_PEER: i32 = 6;
-
-fn verify_ok(root: &Path) {
-    let o = Command::new(job::bin())
-        .args(["verify", root.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "verify failed: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-}
 
 /// Waits for `child` at most `limit`; kills it and fails if it is still
 /// running then.
@@ -57,10 +47,10 @@ fn wait_at_most(mut child: Child, limit: Duration, what: &str) -> Output {
 /// stopped early committed a prefix of the full result, never a row of its
 /// own.
 fn assert_within(full: &Outputs, committed: &Outputs) {
-    fn keep<T: Clone, K: Debug>(all: &[T], got: &[T], key: impl Fn(&T) -> K) -> Vec<T> {
-        let keys: HashSet<String> = got.iter().map(|r| format!("{:?}", key(r))).collect();
+    fn keep<T: Clone, K: Hash + Eq>(all: &[T], got: &[T], key: impl Fn(&T) -> K) -> Vec<T> {
+        let keys: HashSet<K> = got.iter().map(&key).collect();
         all.iter()
-            .filter(|r| keys.contains(&format!("{:?}", key(r))))
+            .filter(|r| keys.contains(&key(r)))
             .cloned()
             .collect()
     }
@@ -71,32 +61,10 @@ fn assert_within(full: &Outputs, committed: &Outputs) {
         full.duplicates
     );
     let expected = Outputs {
-        transactions: keep(&full.transactions, &committed.transactions, |r| {
-            (r.source.clone(), r.partition, r.offset)
-        }),
-        windows: keep(&full.windows, &committed.windows, |r| {
-            (
-                r.window.clone(),
-                r.window_start,
-                r.window_end,
-                r.group.clone(),
-            )
-        }),
-        anomalies: keep(&full.anomalies, &committed.anomalies, |r| {
-            (
-                r.kind.clone(),
-                r.metric.clone(),
-                r.key.clone(),
-                r.window.clone(),
-                r.window_start,
-                r.window_end,
-                r.transaction_id.clone(),
-                r.event_time,
-            )
-        }),
-        rejects: keep(&full.rejects, &committed.rejects, |r| {
-            (r.source.clone(), r.partition, r.offset)
-        }),
+        transactions: keep(&full.transactions, &committed.transactions, transaction_key),
+        windows: keep(&full.windows, &committed.windows, window_key),
+        anomalies: keep(&full.anomalies, &committed.anomalies, anomaly_key),
+        rejects: keep(&full.rejects, &committed.rejects, reject_key),
         duplicates: committed.duplicates,
     };
     // A committed row the reference does not have, one that differs, or
@@ -181,7 +149,7 @@ fn a_truncated_gzip_input_exits_2_naming_it_and_commits_only_what_was_read() {
     assert_eq!(last, truncated_line(2, &cut), "{err}");
     let committed = manifests(&out);
     assert!(committed >= 1, "no epoch committed before the failure");
-    verify_ok(&out);
+    job::verify_ok(&out);
     let full = reference::compute(&files, &RefParams::default());
     let got = read_committed(&out);
     assert!(!got.transactions.is_empty());
@@ -268,7 +236,7 @@ fn in_a_cluster_the_process_with_the_truncated_input_exits_2_and_its_peer_6() {
             }
         }
         if manifests(&out) > 0 {
-            verify_ok(&out);
+            job::verify_ok(&out);
         }
     }
 }
@@ -396,7 +364,7 @@ fn a_killed_peer_is_named_and_a_restart_of_every_process_finishes_exactly_once()
     cluster::run(&tmp, 2, 1, |args| {
         job::replay_command(&input, &out, &config, args)
     });
-    verify_ok(&out);
+    job::verify_ok(&out);
     assert_same(
         &reference::compute(&files, &RefParams::default()),
         &read_committed(&out),

@@ -561,9 +561,12 @@ fn same_reject(a: &RejectRow, b: &RejectRow) -> bool {
     a == b
 }
 
-type TxnKey = (String, i32, i64);
-type WindowKey = (String, i64, i64, Vec<(String, Option<String>)>);
-type AnomalyKey = (
+/// What identifies a row of each output (the keys [`assert_same`] pairs
+/// rows by): transactions and rejects by their source coordinates, windows
+/// by window and group, anomalies by what they flag.
+pub type TxnKey = (String, i32, i64);
+pub type WindowKey = (String, i64, i64, Vec<(String, Option<String>)>);
+pub type AnomalyKey = (
     String,
     String,
     String,
@@ -574,10 +577,10 @@ type AnomalyKey = (
     i64,
 );
 
-fn transaction_key(r: &TransactionRow) -> TxnKey {
+pub fn transaction_key(r: &TransactionRow) -> TxnKey {
     (r.source.clone(), r.partition, r.offset)
 }
-fn window_key(r: &WindowRow) -> WindowKey {
+pub fn window_key(r: &WindowRow) -> WindowKey {
     (
         r.window.clone(),
         r.window_start,
@@ -585,7 +588,7 @@ fn window_key(r: &WindowRow) -> WindowKey {
         r.group.clone(),
     )
 }
-fn anomaly_key(r: &AnomalyRow) -> AnomalyKey {
+pub fn anomaly_key(r: &AnomalyRow) -> AnomalyKey {
     (
         r.kind.clone(),
         r.metric.clone(),
@@ -597,7 +600,7 @@ fn anomaly_key(r: &AnomalyRow) -> AnomalyKey {
         r.event_time,
     )
 }
-fn reject_key(r: &RejectRow) -> TxnKey {
+pub fn reject_key(r: &RejectRow) -> TxnKey {
     (r.source.clone(), r.partition, r.offset)
 }
 

@@ -153,3 +153,18 @@ pub fn assert_one_job_wins(jobs: Vec<Child>) {
         );
     }
 }
+
+/// `tidemark verify ROOT` exits 0: every file the manifests name is there,
+/// intact.
+pub fn verify_ok(root: &Path) {
+    let o = Command::new(bin())
+        .args(["verify", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "verify failed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
