@@ -11,12 +11,11 @@ use tidemark_checkpoint::writer::WriteFailure;
 use tidemark_dataflow::source::SourceFailure;
 use tidemark_protocol::resume::Refusal;
 
-/// The input ended and everything is committed, or the job stopped on
-/// request after a commit.
-pub const _DONE: u8 = 0;
+// 0: the input ended and everything is committed, or the job stopped on
+// request (after a commit, or with nothing new to commit).
 /// A stop request found no commit within `job.stop_timeout`; `verify`
 /// found damage.
-pub const _STOP_TIMEOUT: u8 = 1;
+pub const STOP_TIMEOUT_OR_DAMAGE: u8 = 1;
 /// Bad configuration or command line, or an input or source that failed,
 /// e.g. a truncated gzip file ([`SourceFailure`]: one line naming the file
 /// and the cause; what was committed before stays, and a restart resumes

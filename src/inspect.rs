@@ -123,6 +123,6 @@ pub fn verify(root: &str) -> Result<ExitCode> {
             println!("DAMAGED: {p}");
         }
         println!("{} problems in {} manifests", problems.len(), epochs.len());
-        Ok(ExitCode::from(1))
+        Ok(ExitCode::from(crate::exit::STOP_TIMEOUT_OR_DAMAGE))
     }
 }

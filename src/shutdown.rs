@@ -40,7 +40,7 @@ pub fn install(timeout: Duration) -> Result<Arc<AtomicBool>> {
                 "error: the job did not commit within job.stop_timeout ({timeout:?}) of the stop signal; \
                  exiting without it (a restart resumes from the last commit)"
             );
-            std::process::exit(1);
+            std::process::exit(crate::exit::STOP_TIMEOUT_OR_DAMAGE.into());
         })
         .context("starting the stop watcher")?;
     Ok(stop)
