@@ -66,6 +66,14 @@ pub(super) fn collect(sh: &Shared) {
     if let Some(e) = s.last_epoch {
         gauge!("tidemark_checkpoint_last_epoch_timestamp_seconds").set(e as f64 / 1e3);
     }
+    if sh.sinks.is_some() {
+        let k = &sh.sink_status;
+        if let Some(e) = k.published() {
+            gauge!("tidemark_sink_last_epoch_timestamp_seconds").set(e as f64 / 1e3);
+        }
+        gauge!("tidemark_sink_waiting_seconds").set(k.waiting().as_secs_f64());
+        counter!("tidemark_sink_failures_total").absolute(k.failures.load(Ordering::Relaxed));
+    }
 }
 
 /// Counts rejects by reason, late records, window rows by spec and
