@@ -219,6 +219,11 @@ fn describe() {
         Seconds,
         "The last committed epoch published to the Kafka sinks (its boundary, Unix time; process 0).",
     );
+    g(
+        "tidemark_checkpoint_stalled_seconds",
+        Seconds,
+        "How long the oldest checkpoint storage operation (a write or a commit, retries included) has gone without succeeding, once past 8 s; 0 otherwise.",
+    );
     c(
         "tidemark_checkpoint_failures_total",
         Count,

@@ -54,6 +54,8 @@ pub(super) fn collect(sh: &Shared) {
     // process 0 its committer too.
     let s = sh.status.lock().unwrap().clone();
     counter!("tidemark_checkpoint_failures_total").absolute(s.failures + sh.writes.failures());
+    gauge!("tidemark_checkpoint_stalled_seconds")
+        .set(tidemark_checkpoint::retry::stalled_for().as_secs_f64());
     if sh.process != 0 {
         return;
     }
