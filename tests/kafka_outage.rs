@@ -217,7 +217,7 @@ fn commits_go_on_while_the_sinks_broker_is_away_and_publishing_catches_up() {
     let out = tmp.join("out");
     let inputs: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
     let mut cmd = Command::new(job::bin());
-    cmd.arg("replay")
+    cmd.args(["replay", "--input"])
         .args(&inputs)
         .args(["--rate", "500", "--output", out.to_str().unwrap()])
         .args(["--config", config.to_str().unwrap()])
