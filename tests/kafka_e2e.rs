@@ -381,7 +381,6 @@ fn merchants_from_a_compacted_topic_enrich_as_the_spec_says() {
     assert_same(&expected, &read_committed(&out));
 }
 
-
 /// SIGTERM to a job that follows a topic and has read all of it (nothing
 /// new arrives, so no epoch boundary is coming) ends it within 5 s with exit
 /// 0, alone and as a two-process cluster (every process signalled, as a

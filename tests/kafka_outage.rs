@@ -99,12 +99,18 @@ fn a_bounded_replay_rides_out_a_broker_hung_then_refusing_for_two_minutes_each()
     );
     let out = tmp.join("out");
     let mut cmd = Command::new(job::bin());
-    cmd.args(["replay", "--kafka", &broker.brokers(), "--topic", "payments"])
-        .args(["--from", "earliest", "--to", "latest", "-w", "2"])
-        .args(["--rate", "8000", "--output", out.to_str().unwrap()])
-        .args(["--config", config.to_str().unwrap()])
-        .env("TIDEMARK_LOG", "warn")
-        .stdout(Stdio::piped());
+    cmd.args([
+        "replay",
+        "--kafka",
+        &broker.brokers(),
+        "--topic",
+        "payments",
+    ])
+    .args(["--from", "earliest", "--to", "latest", "-w", "2"])
+    .args(["--rate", "8000", "--output", out.to_str().unwrap()])
+    .args(["--config", config.to_str().unwrap()])
+    .env("TIDEMARK_LOG", "warn")
+    .stdout(Stdio::piped());
     let (mut job, log) = spawn_logged(cmd);
     if !await_commits(&mut job, &out, 2) {
         panic!("the job ended early: {}", log.join().unwrap());
@@ -231,17 +237,16 @@ fn commits_go_on_while_the_sinks_broker_is_away_and_publishing_catches_up() {
     let hung = manifests(&out);
     // Waiting is reported at 5 s: by 10 s the gauge shows it.
     std::thread::sleep(Duration::from_secs(10));
-    let waiting = scrape::sum(
-        &scrape::scrape(port),
-        "tidemark_sink_waiting_seconds",
-        &[],
-    );
+    let waiting = scrape::sum(&scrape::scrape(port), "tidemark_sink_waiting_seconds", &[]);
     assert!(waiting >= 4.0, "tidemark_sink_waiting_seconds = {waiting}");
     alive_for(&mut job, SINK_OUTAGE - Duration::from_secs(10), "hung");
     proxy.refuse();
     alive_for(&mut job, SINK_OUTAGE, "refusing connections");
     let during = manifests(&out) - hung;
-    assert!(during >= 10, "only {during} commits while the sinks were away");
+    assert!(
+        during >= 10,
+        "only {during} commits while the sinks were away"
+    );
     proxy.accept();
     let o = job.wait_with_output().unwrap();
     let log = log.join().unwrap();

@@ -390,7 +390,10 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
         metric("tidemark_checkpoint_failures_total"),
     );
     eprintln!("at 295 s: stalled {stalled:.0} s, failures {failures_before} -> {failures}");
-    assert!(stalled >= 250.0, "tidemark_checkpoint_stalled_seconds = {stalled}");
+    assert!(
+        stalled >= 250.0,
+        "tidemark_checkpoint_stalled_seconds = {stalled}"
+    );
     assert!(
         failures > failures_before,
         "tidemark_checkpoint_failures_total stayed at {failures}"

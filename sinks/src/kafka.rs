@@ -115,7 +115,9 @@ impl Publisher {
         self.storage
             .put(KAFKA_SINKS_PROGRESS, &sinks::progress(m.epoch))?;
         self.published = Some(m.epoch);
-        self.status.published_epoch.store(m.epoch, Ordering::Relaxed);
+        self.status
+            .published_epoch
+            .store(m.epoch, Ordering::Relaxed);
         tracing::debug!(epoch = m.epoch, records = n, "published to Kafka sinks");
         Ok(())
     }

@@ -101,14 +101,12 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     };
     let sink_status = Arc::new(SinkStatus::default());
     let sinks = match (&spec.sinks, process) {
-        (Some((settings, topics)), 0) => {
-            Some(tidemark_sinks::start(
-                st.clone(),
-                settings,
-                topics.clone(),
-                sink_status.clone(),
-            )?)
-        }
+        (Some((settings, topics)), 0) => Some(tidemark_sinks::start(
+            st.clone(),
+            settings,
+            topics.clone(),
+            sink_status.clone(),
+        )?),
         _ => None,
     };
     let inputs = spec.source.describe();

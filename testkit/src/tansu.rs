@@ -67,8 +67,8 @@ impl Tansu {
         // The port may be taken between probing and binding: try a few.
         for _ in 0..5 {
             t.port = free_port();
-            let proxy = behind_proxy
-                .then(|| FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], t.port))));
+            let proxy =
+                behind_proxy.then(|| FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], t.port))));
             t.advertised = proxy.as_ref().map(FaultProxy::addr);
             if t.launch() {
                 return (t, proxy);

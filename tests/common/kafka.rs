@@ -40,7 +40,13 @@ pub fn kafka_config(dir: &Path, broker: &Tansu, topic: &str, group: &str) -> Pat
     kafka_config_with(dir, broker, topic, group, "")
 }
 
-pub fn kafka_config_with(dir: &Path, broker: &Tansu, topic: &str, group: &str, extra: &str) -> PathBuf {
+pub fn kafka_config_with(
+    dir: &Path,
+    broker: &Tansu,
+    topic: &str,
+    group: &str,
+    extra: &str,
+) -> PathBuf {
     write(
         dir,
         &format!("kafka-{group}.toml"),
@@ -52,7 +58,11 @@ pub fn kafka_config_with(dir: &Path, broker: &Tansu, topic: &str, group: &str, e
 }
 
 /// Every (key, value) of a topic, from the start to its current end.
-pub fn consume_all(broker: &Tansu, topic: &str, partitions: i32) -> Vec<(String, serde_json::Value)> {
+pub fn consume_all(
+    broker: &Tansu,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(String, serde_json::Value)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
