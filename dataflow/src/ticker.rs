@@ -12,8 +12,8 @@
 //! A stop requested on any process reaches the ticker as a notice
 //! (`crate::stop`). The ticker broadcasts [`Marker::Stop`] (so every
 //! process knows whose request it is), marks the next boundary the
-//! frontier passes for commit at once, and broadcasts [`Marker::Leave`]
-//! when that commit is in: every worker of every process then leaves
+//! frontier passes for commit at once (and no later one), and broadcasts
+//! [`Marker::Leave`] when that commit is in: every worker of every process then leaves
 //! together. Quiet sources (a followed topic with nothing new: the
 //! frontier never reaches another boundary) must stop too: when the
 //! frontier has not moved for [`STOP_GRACE`] after the request and no
@@ -115,9 +115,12 @@ pub fn ticker<'s, D: timely::ExchangeData + Clone>(
                         Some(f) if f > Tick::MIN / 2 => {
                             let b = floor_to(f, interval_ticks);
                             if b > decided {
-                                // A stopping job commits the boundary its sources hold at.
-                                let due = stopping.is_some()
-                                    || last_commit.is_none_or(|t| t.elapsed() >= min_wall);
+                                // A stopping job commits the boundary its sources
+                                // hold at, and only that one: it leaves after it.
+                                let due = match &stopping {
+                                    Some(s) => s.target.is_none(),
+                                    None => last_commit.is_none_or(|t| t.elapsed() >= min_wall),
+                                };
                                 if due {
                                     // With no wall-time limit every boundary commits;
                                     // otherwise the newest passed one stands for all.
@@ -263,11 +266,12 @@ mod tests {
             // The frontier moves within the grace and passes boundary 30: a
             // stopping job marks it at once, whatever min_wall says.
             (Some(31), Act::Run, half),
-            // Quiet again, but the commit of 30 is still to come: no leave.
-            (Some(33), Act::Run, STOP_GRACE + half),
+            // Past another boundary, then quiet, while the commit of 30 is
+            // still to come: neither a second commit nor a leave.
+            (Some(43), Act::Run, STOP_GRACE + half),
             // An earlier commit is not the stop's.
-            (Some(33), Act::Committed(20), half),
-            (Some(35), Act::Committed(30), half),
+            (Some(43), Act::Committed(20), half),
+            (Some(45), Act::Committed(30), half),
         ]);
         assert_eq!(
             markers(&seen),
