@@ -907,6 +907,10 @@ impl Drill {
                 assert!(log.contains(&from), "{what} process {i}: {log}");
             }
         }
+        eprintln!(
+            "{what} every process exited 0 within {:?}",
+            signalled.elapsed()
+        );
         if self.flowing {
             // It stopped mid-stream, after a commit of its own.
             let committed = topic.committed(&group);
