@@ -29,8 +29,8 @@ pub enum Marker {
     Commit(Tick),
     /// The input has ended: flush everything and snapshot what remains.
     Final,
-    /// A stop was requested on this process: the job commits the next
-    /// boundary (or nothing, over quiet sources) and leaves.
+    /// A stop was requested on the process with this index: the whole job
+    /// commits the next boundary (or nothing, over quiet sources) and leaves.
     Stop(u32),
     /// The stop is done (`committed`: its commit is in; otherwise the
     /// sources were quiet and nothing new was committed): every worker
