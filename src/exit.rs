@@ -12,7 +12,8 @@ use tidemark_dataflow::source::SourceFailure;
 use tidemark_protocol::resume::Refusal;
 
 // 0: the input ended and everything is committed, or the job stopped on
-// request (after a commit, or with nothing new to commit).
+// request (a signal to any one process stops every process: after a
+// commit, or with nothing new to commit).
 /// A stop request found no commit within `job.stop_timeout`; `verify`
 /// found damage.
 pub const STOP_TIMEOUT_OR_DAMAGE: u8 = 1;

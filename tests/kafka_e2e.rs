@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -381,14 +382,17 @@ fn merchants_from_a_compacted_topic_enrich_as_the_spec_says() {
     assert_same(&expected, &read_committed(&out));
 }
 
-/// SIGTERM to a job that follows a topic and has read all of it (nothing
-/// new arrives, so no epoch boundary is coming) ends it within 5 s with exit
-/// 0, alone and as a two-process cluster (every process signalled, as a
-/// Kubernetes rollout does). A bounded restart then commits exactly the
-/// reference's outputs: nothing the stop left uncommitted is lost, nothing
-/// committed is repeated.
+/// SIGTERM to a job that follows a topic ends it within 5 s with exit 0
+/// on every process, whichever processes are signalled: alone, as a
+/// two-process cluster with every process signalled (a Kubernetes
+/// rollout), with only process 1 or only process 0 signalled (one pod
+/// evicted: the stop travels through the dataflow to every process), over
+/// a caught-up topic (nothing new arrives, so no epoch boundary is coming)
+/// and with records still flowing. A bounded restart then commits exactly
+/// the reference's outputs: nothing the stop left uncommitted is lost,
+/// nothing committed is repeated. One broker and topic serve every drill.
 #[test]
-fn sigterm_to_a_caught_up_follower_exits_0_within_5_s_alone_and_in_a_cluster() {
+fn sigterm_to_any_process_stops_the_whole_job_within_5_s_with_exit_0() {
     use tidemark_testkit::reference::{compute_records, read_records, RefParams};
     let tmp = tempdir();
     let broker = Tansu::start();
@@ -398,82 +402,26 @@ fn sigterm_to_a_caught_up_follower_exits_0_within_5_s_alone_and_in_a_cluster() {
     produce(&broker, "quiet", &files);
     let records: Vec<Vec<Vec<u8>>> = files.iter().map(|f| read_records(f)).collect();
     let expected = compute_records(&records, &RefParams::default());
-    let total: u64 = ends(&broker, "quiet", 4).iter().sum();
-
-    for processes in [1usize, 2] {
-        let group = format!("quiet-{processes}");
-        let follow = write(
-            &tmp,
-            &format!("follow-{processes}.toml"),
-            &format!(
-                "{FAST_COMMITS}\n[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"quiet\"]\ngroup_id = \"{group}\"\n",
-                broker.brokers()
-            ),
-        );
-        let out = tmp.join(format!("out-{processes}"));
-        let hostfile = cluster::hostfile(&tmp, processes);
-        let jobs: Vec<(Child, std::thread::JoinHandle<String>)> = (0..processes)
-            .map(|p| {
-                let (n, p) = (processes.to_string(), p.to_string());
-                let mut extra = vec!["-w", "1"];
-                if processes > 1 {
-                    extra.extend(["-n", &n, "-p", &p, "-h", hostfile.to_str().unwrap()]);
-                }
-                let mut cmd = job::run_command(&follow, &out, &extra);
-                cmd.env("TIDEMARK_LOG", "info");
-                spawn_logged(cmd)
-            })
-            .collect();
-        let (mut jobs, logs): (Vec<Child>, Vec<_>) = jobs.into_iter().unzip();
-        // Caught up: everything read, some of it committed, and then quiet
-        // (the committed offsets stop moving).
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut last = (u64::MAX, Instant::now());
-        loop {
-            for (i, j) in jobs.iter_mut().enumerate() {
-                assert!(j.try_wait().unwrap().is_none(), "process {i} ended");
-            }
-            let committed: u64 = group_offsets(&broker, "quiet", &group, 4)
-                .iter()
-                .map(|o| o.unwrap_or(0))
-                .sum();
-            if committed != last.0 {
-                last = (committed, Instant::now());
-            } else if committed > 0 && last.1.elapsed() > Duration::from_secs(3) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never caught up: {committed} of {total}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let signalled = Instant::now();
-        for j in &jobs {
-            // SAFETY: a plain signal to a child this test started.
-            unsafe { libc::kill(j.id() as i32, libc::SIGTERM) };
-        }
-        for (i, (mut j, log)) in jobs.into_iter().zip(logs).enumerate() {
-            while j.try_wait().unwrap().is_none() {
-                if signalled.elapsed() > Duration::from_secs(5) {
-                    j.kill().unwrap();
-                    panic!(
-                        "{processes} process(es): process {i} still running 5 s after SIGTERM: {}",
-                        log.join().unwrap()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let status = j.wait().unwrap();
-            let log = log.join().unwrap();
-            assert_eq!(status.code(), Some(0), "process {i}: {log}");
-            assert!(!log.contains("panicked"), "process {i}: {log}");
-            if i == 0 {
-                assert!(log.contains("stopped on request"), "{log}");
-            }
-        }
+    let topic = Topic {
+        broker: &broker,
+        total: ends(&broker, "quiet", 4).iter().sum(),
+    };
+    for (processes, signalled, flowing) in [
+        (1, &[0][..], false),
+        (2, &[0, 1][..], false),
+        (2, &[1][..], false),
+        (2, &[0][..], false),
+        (2, &[1][..], true),
+        (2, &[0][..], true),
+    ] {
+        let drill = Drill {
+            processes,
+            signalled,
+            flowing,
+        };
+        let out = drill.run(&tmp, &topic);
         // The restart reads the rest to the end of the topic as it is now.
-        let bounded = kafka_config(&tmp, &broker, "quiet", &group);
+        let bounded = kafka_config(&tmp, &broker, "quiet", &drill.group());
         finish(
             job::run_command(&bounded, &out, &["-w", "2"])
                 .spawn()
@@ -481,5 +429,147 @@ fn sigterm_to_a_caught_up_follower_exits_0_within_5_s_alone_and_in_a_cluster() {
             "bounded restart",
         );
         assert_same(&expected, &read_committed(&out));
+    }
+}
+
+/// The followed topic of the stop drills.
+struct Topic<'a> {
+    broker: &'a Tansu,
+    /// Its records, all partitions.
+    total: u64,
+}
+
+impl Topic<'_> {
+    /// The group's committed offsets, all partitions.
+    fn committed(&self, group: &str) -> u64 {
+        group_offsets(self.broker, "quiet", group, 4)
+            .iter()
+            .map(|o| o.unwrap_or(0))
+            .sum()
+    }
+}
+
+/// One stop drill: a job of `processes` following the topic from its
+/// start, SIGTERM to the `signalled` ones once it is caught up and quiet
+/// (or, `flowing`, after its first commit while it reads at a capped rate).
+struct Drill {
+    processes: usize,
+    signalled: &'static [usize],
+    flowing: bool,
+}
+
+impl Drill {
+    fn group(&self) -> String {
+        let who: Vec<String> = self.signalled.iter().map(usize::to_string).collect();
+        let how = if self.flowing { "flowing" } else { "quiet" };
+        format!("{how}-{}-signal-{}", self.processes, who.join(""))
+    }
+
+    /// Runs the drill up to the exit of every process; returns the output root.
+    fn run(&self, tmp: &Path, topic: &Topic) -> PathBuf {
+        let (processes, group) = (self.processes, self.group());
+        let what = format!("{group}:");
+        let follow = write(
+            tmp,
+            &format!("follow-{group}.toml"),
+            &format!(
+                "{FAST_COMMITS}\n[source]\nkind = \"kafka\"\n\n[kafka]\nbrokers = \"{}\"\ntopics = [\"quiet\"]\ngroup_id = \"{group}\"\n",
+                topic.broker.brokers()
+            ),
+        );
+        let out = tmp.join(format!("out-{group}"));
+        let hostfile = cluster::hostfile(tmp, processes);
+        let jobs: Vec<(Child, std::thread::JoinHandle<String>)> = (0..processes)
+            .map(|p| {
+                let (n, p) = (processes.to_string(), p.to_string());
+                let mut extra = vec!["-w", "1"];
+                if processes > 1 {
+                    extra.extend(["-n", &n, "-p", &p, "-h", hostfile.to_str().unwrap()]);
+                }
+                if self.flowing {
+                    // 20,000 records in about 10 s.
+                    extra.extend(["--rate", "2000"]);
+                }
+                let mut cmd = job::run_command(&follow, &out, &extra);
+                cmd.env("TIDEMARK_LOG", "info");
+                spawn_logged(cmd)
+            })
+            .collect();
+        let (mut jobs, logs): (Vec<Child>, Vec<_>) = jobs.into_iter().unzip();
+        if self.flowing {
+            assert!(await_commits(&mut jobs[0], &out, 1), "{what} ended early");
+        } else {
+            self.await_quiet(&mut jobs, topic);
+        }
+        let signalled = Instant::now();
+        for i in self.signalled {
+            // SAFETY: a plain signal to a child this test started.
+            unsafe { libc::kill(jobs[*i].id() as i32, libc::SIGTERM) };
+        }
+        for (i, (mut j, log)) in jobs.into_iter().zip(logs).enumerate() {
+            while j.try_wait().unwrap().is_none() {
+                if signalled.elapsed() > Duration::from_secs(5) {
+                    j.kill().unwrap();
+                    panic!(
+                        "{what} process {i} still running 5 s after SIGTERM: {}",
+                        log.join().unwrap()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let status = j.wait().unwrap();
+            let log = log.join().unwrap();
+            assert_eq!(status.code(), Some(0), "{what} process {i}: {log}");
+            assert!(!log.contains("panicked"), "{what} process {i}: {log}");
+            if i == 0 {
+                assert!(log.contains("stopped on request"), "{what} {log}");
+            }
+            if !self.signalled.contains(&i) {
+                let from = format!("stop requested on process {}", self.signalled[0]);
+                assert!(log.contains(&from), "{what} process {i}: {log}");
+            }
+        }
+        eprintln!(
+            "{what} every process exited 0 within {:?}",
+            signalled.elapsed()
+        );
+        if self.flowing {
+            // It stopped mid-stream, after a commit of its own.
+            let committed = topic.committed(&group);
+            assert!(
+                manifests(&out) >= 2 && committed < topic.total,
+                "{what} {committed} of {} committed",
+                topic.total
+            );
+        }
+        out
+    }
+
+    /// Waits until the job has read everything, committed some of it, and
+    /// gone quiet (the committed offsets stop moving).
+    fn await_quiet(&self, jobs: &mut [Child], topic: &Topic) {
+        let group = self.group();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = (u64::MAX, Instant::now());
+        loop {
+            for (i, j) in jobs.iter_mut().enumerate() {
+                assert!(
+                    j.try_wait().unwrap().is_none(),
+                    "{group}: process {i} ended"
+                );
+            }
+            let committed = topic.committed(&group);
+            if committed != last.0 {
+                last = (committed, Instant::now());
+            } else if committed > 0 && last.1.elapsed() > Duration::from_secs(3) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{group}: never caught up: {committed} of {}",
+                topic.total
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }

@@ -261,7 +261,7 @@ pub fn committer<'s>(
             mark_in.for_each(|_, d| {
                 boundaries.extend(d.drain(..).filter_map(|m| match m {
                     Marker::Commit(b) => Some(b),
-                    Marker::Final | Marker::Leave => None,
+                    Marker::Final | Marker::Stop(_) | Marker::Leave { .. } => None,
                 }))
             });
             let Some(outbox) = outbox.as_ref().filter(|_| !done) else {

@@ -343,8 +343,9 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                 }
             });
             mark_in.for_each(|c, d| {
-                // `Leave` needs no capability: the workers drop the dataflow.
-                d.retain(|m| *m != Marker::Leave);
+                // `Stop` and `Leave` need no capability: the workers drop
+                // the dataflow after them.
+                d.retain(|m| matches!(m, Marker::Commit(_) | Marker::Final));
                 if d.is_empty() {
                     return;
                 }
@@ -355,7 +356,7 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                     match m {
                         Marker::Commit(b) => boundaries.push(b),
                         Marker::Final => final_at = Some(t),
-                        Marker::Leave => {}
+                        Marker::Stop(_) | Marker::Leave { .. } => {}
                     }
                 }
             });

@@ -1,8 +1,6 @@
 //! The whole computation, wired: source streams in, output streams out.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -17,6 +15,7 @@ use crate::params::Params;
 use crate::params::WindowSpec;
 use crate::source::{PositionEntry, SourceStreams};
 use crate::stateful::{stateful, Marker, Report};
+use crate::stop::Stopping;
 use crate::ticker::ticker;
 use crate::window::{route_key, PreAgg, WinIn, Windows};
 use crate::zscore::{TxnZ, WindowZ, ZIn};
@@ -55,7 +54,7 @@ pub fn build<'s>(
     reference: Option<SourceStreams<'s, (String, Version)>>,
     restored: &Restored,
     min_wall: Duration,
-    stop: Arc<AtomicBool>,
+    stop: Stopping,
 ) -> JobStreams<'s> {
     let (txns, rejects, positions) = source;
     let scope = txns.scope();

@@ -21,6 +21,7 @@
 //! * [`window`]: event-time windows (SPEC 6).
 //! * [`zscore`]: anomaly z-scores (SPEC 7).
 //! * [`ticker`]: commit boundaries, decided once and told to every worker.
+//! * [`stop`]: a stop requested on any process, sent to the ticker.
 //! * [`graph`]: the whole computation wired, source streams in, outputs out.
 
 pub mod dedup;
@@ -32,6 +33,7 @@ pub mod record;
 pub mod rfc3339;
 pub mod source;
 pub mod stateful;
+pub mod stop;
 pub mod ticker;
 pub mod time;
 pub mod window;

@@ -29,9 +29,13 @@ pub enum Marker {
     Commit(Tick),
     /// The input has ended: flush everything and snapshot what remains.
     Final,
-    /// A stop found nothing left to commit (quiet sources): every worker
+    /// A stop was requested on the process with this index: the whole job
+    /// commits the next boundary (or nothing, over quiet sources) and leaves.
+    Stop(u32),
+    /// The stop is done (`committed`: its commit is in; otherwise the
+    /// sources were quiet and nothing new was committed): every worker
     /// leaves; operators keep their state unflushed, as for any stop.
-    Leave,
+    Leave { committed: bool },
 }
 
 /// What stateful operators tell the checkpoint layer besides their rows.
@@ -139,8 +143,9 @@ where
                 }
             });
             marker_in.for_each(|cap, data| {
-                // `Leave` needs no capability: the workers drop the dataflow.
-                data.retain(|m| *m != Marker::Leave);
+                // `Stop` and `Leave` need no capability: the workers drop
+                // the dataflow after them.
+                data.retain(|m| matches!(m, Marker::Commit(_) | Marker::Final));
                 if data.is_empty() {
                     return;
                 }
@@ -153,7 +158,7 @@ where
                             boundaries.insert(b);
                         }
                         Marker::Final => final_at = Some(t),
-                        Marker::Leave => {}
+                        Marker::Stop(_) | Marker::Leave { .. } => {}
                     }
                 }
             });

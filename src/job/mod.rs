@@ -4,7 +4,7 @@
 //! - [`start`]: what the output root holds and whether to resume from it.
 //! - [`worker`]: one timely worker: its sources, the dataflow, the loop.
 //! - [`metrics`]: what the run counts, as Prometheus metrics.
-//! - [`stop`]: how processes other than 0 learn that a stop committed.
+//! - [`stop`]: how every worker follows a stop requested on any process.
 
 mod metrics;
 mod start;
@@ -61,7 +61,8 @@ pub struct JobSpec {
     /// Restore under changed parameters: the operators whose configuration
     /// changed start empty (`--allow-config-change`).
     pub allow_config_change: bool,
-    /// Set by the first SIGTERM/SIGINT: stop at the next commit.
+    /// Set by the first SIGTERM/SIGINT to this process, or by the job when
+    /// another process's stop reaches it: stop at the next commit.
     pub stop: Arc<AtomicBool>,
 }
 
@@ -156,6 +157,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         restored: Mutex::new((0, Duration::ZERO)),
         stopped: AtomicBool::new(false),
         left_quiet: AtomicBool::new(false),
+        committed: Arc::new(AtomicI64::new(i64::MIN)),
         frontier_ms: Arc::new(AtomicI64::new(i64::MIN)),
         opened: AtomicUsize::new(0),
     });
@@ -174,9 +176,6 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
     );
     let collected = shared.clone();
     telemetry::on_scrape(move || metrics::collect(&collected));
-    if process != 0 {
-        stop::watch_commits(shared.clone());
-    }
 
     let worker_shared = shared.clone();
     let guards = timely::execute(shared.spec.timely.clone(), move |worker| {
@@ -391,11 +390,14 @@ struct Shared {
     beyond_watermark: Mutex<Latency>,
     /// State bytes restored (all workers) and the slowest worker's time.
     restored: Mutex<(u64, Duration)>,
-    /// A commit completed after the stop request (or the stop found nothing
-    /// to commit): workers leave.
+    /// The ticker ended a stop (its commit is in, or it found nothing to
+    /// commit): workers leave.
     stopped: AtomicBool,
     /// The stop found the sources quiet and left at the last commit.
     left_quiet: AtomicBool,
+    /// The newest committed boundary (tick; process 0 only): the ticker
+    /// ends a stop once the stop's commit is in.
+    committed: Arc<AtomicI64>,
     /// The dataflow's output frontier, event-time ms (for metrics).
     frontier_ms: Arc<AtomicI64>,
     /// Workers of this process whose sources are open.

@@ -1,35 +1,31 @@
-//! Stopping on request in a cluster.
+//! Stopping on request in a cluster: what each worker does with the
+//! ticker's stop markers. A stop requested on any process reaches worker
+//! 0's ticker through the dataflow (`tidemark_dataflow::stop`); the ticker
+//! tells every worker whose stop it is ([`Marker::Stop`]) and, once the
+//! stop's commit is in (or over quiet sources, without one), to leave
+//! ([`Marker::Leave`]).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
 
-use tidemark_checkpoint::commit_log;
+use tidemark_dataflow::stateful::Marker;
 
 use super::Shared;
 
-/// A process other than 0 learns of the commit that ends a stop from the
-/// commit log, which only process 0 writes.
-pub(super) fn watch_commits(sh: Arc<Shared>) {
-    std::thread::spawn(move || {
-        while !sh.spec.stop.load(Ordering::Relaxed) {
-            if Arc::strong_count(&sh) == 1 {
-                return;
+pub(super) fn on_marker(sh: &Shared, m: &Marker) {
+    match *m {
+        Marker::Stop(from) => {
+            // Starts this process's stop timeout, as a signal would have.
+            if !sh.spec.stop.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    from,
+                    "stop requested on process {from}: the whole job commits and exits"
+                );
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        let newest = || {
-            commit_log::list(&*sh.storage)
-                .ok()
-                .and_then(|l| l.last().copied())
-        };
-        let at_stop = newest();
-        while Arc::strong_count(&sh) > 1 {
-            if newest() > at_stop {
-                sh.stopped.store(true, Ordering::Relaxed);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        Marker::Leave { committed } => {
+            sh.left_quiet.store(!committed, Ordering::Relaxed);
+            sh.stopped.store(true, Ordering::Relaxed);
         }
-    });
+        Marker::Commit(_) | Marker::Final => {}
+    }
 }

@@ -20,7 +20,7 @@ use tidemark_dataflow::source::{
     source, source_of, Merchants, Meter, PartitionReader, PartitionStart, SourceConfig, Unopened,
     REFERENCE_BASE,
 };
-use tidemark_dataflow::stateful::Marker;
+use tidemark_dataflow::stop::Stopping;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::ProbeHandle;
 
@@ -98,17 +98,19 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
             reference,
             &restored,
             sh.spec.min_wall,
-            sh.spec.stop.clone(),
+            Stopping {
+                requested: sh.spec.stop.clone(),
+                committed: sh.committed.clone(),
+                process: sh.process as u32,
+            },
         );
         metrics::count_outputs(&streams, sh, index);
-        // A stop over quiet sources: nothing left to commit, every worker leaves.
-        let leaving = sh.clone();
-        streams.markers.clone().inspect(move |m| {
-            if *m == Marker::Leave {
-                leaving.left_quiet.store(true, Ordering::Relaxed);
-                leaving.stopped.store(true, Ordering::Relaxed);
-            }
-        });
+        // A stop requested on any process, and its end: every worker leaves.
+        let stopping = sh.clone();
+        streams
+            .markers
+            .clone()
+            .inspect(move |m| super::stop::on_marker(&stopping, m));
         let reports = writer(
             &streams,
             WriterConfig {
@@ -158,8 +160,10 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
             sh.meter.records.load(Ordering::Relaxed) == 0
                 && sh.reference_meter.records.load(Ordering::Relaxed) == 0
         };
+        // A single process stopped before reading anything leaves at once;
+        // in a cluster the ticker decides for every process.
         if sh.stopped.load(Ordering::Relaxed)
-            || (sh.spec.stop.load(Ordering::Relaxed) && nothing_read())
+            || (sh.processes == 1 && sh.spec.stop.load(Ordering::Relaxed) && nothing_read())
             || commit_failed()
             || source_failed()
         {
@@ -298,15 +302,15 @@ fn committer_config(sh: &Shared) -> CommitterConfig {
     }
 }
 
-/// After each commit (on the committer thread): metrics, the stop request,
-/// the Kafka offset mirror and sinks, the Kinesis shard log, and the
-/// ingest-to-commit latency of every batch the epoch covers.
+/// After each commit (on the committer thread): metrics, the committed
+/// boundary (a stop ends once its commit is in), the Kafka offset mirror
+/// and sinks, the Kinesis shard log, and the ingest-to-commit latency of
+/// every batch the epoch covers.
 fn after_commit(sh: &Shared, m: &Manifest, took: Duration) {
     metrics::record_commit(m, took);
     crate::exit::committed(m.epoch);
-    if sh.spec.stop.load(Ordering::Relaxed) {
-        sh.stopped.store(true, Ordering::Relaxed);
-    }
+    sh.committed
+        .fetch_max(m.epoch / sh.spec.params.tick_ms, Ordering::Relaxed);
     if let Some(mirror) = &sh.mirror {
         let main = &sh.names.main;
         mirror.send(
