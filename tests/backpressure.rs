@@ -58,7 +58,11 @@ impl Seen {
     }
 
     fn paused(&self, bound: &str) -> f64 {
-        sum(&self.last, "tidemark_backpressure_paused", &[("bound", bound)])
+        sum(
+            &self.last,
+            "tidemark_backpressure_paused",
+            &[("bound", bound)],
+        )
     }
 }
 
@@ -90,8 +94,15 @@ fn ride_out_a_hang(bucket: &str, bounds: &str) -> Seen {
     );
     let rate = RATE.to_string();
     let mut cmd = job::command(&["replay", "--input", &input, "--output", &url]);
-    cmd.args(["--config", config.to_str().unwrap(), "-w", "2", "--rate", &rate])
-        .stderr(Stdio::null());
+    cmd.args([
+        "--config",
+        config.to_str().unwrap(),
+        "-w",
+        "2",
+        "--rate",
+        &rate,
+    ])
+    .stderr(Stdio::null());
     moto::client_env(&mut cmd, &proxy.endpoint());
     let mut child = cmd.spawn().unwrap();
 

@@ -378,8 +378,9 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
         "first warning {first_warning:?} after the outage began: {}",
         text.join("\n")
     );
-    // The sources wait while epochs cannot be written (they stay at most 30
-    // ticks ahead of the writers): memory does not grow with the outage.
+    // The sources wait while epochs cannot be written (back-pressure: at
+    // most `max_pending_epochs` intervals ahead of the writers): memory
+    // does not grow with the outage.
     eprintln!("peak RSS during the outage: {} MiB", peak_rss.get() >> 20);
     assert!(
         peak_rss.get() < 512 << 20,
