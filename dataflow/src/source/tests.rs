@@ -784,7 +784,7 @@ fn a_source_over_the_byte_bound_pauses_holding_its_frontier_and_idleness() {
         });
         let frontier = || probe.with_frontier(|f| f.first().copied().unwrap_or(Tick::MAX));
         let read = || m.records.load(std::sync::atomic::Ordering::Relaxed);
-        let step_for = |worker: &mut timely::worker::Worker<_>, d: Duration| {
+        let step_for = |worker: &mut timely::worker::Worker, d: Duration| {
             let until = Instant::now() + d;
             while Instant::now() < until {
                 worker.step_or_park(Some(Duration::from_millis(5)));
@@ -805,6 +805,8 @@ fn a_source_over_the_byte_bound_pauses_holding_its_frontier_and_idleness() {
         while read() < 3 && Instant::now() < until {
             worker.step_or_park(Some(Duration::from_millis(5)));
         }
+        // Long enough for the frontier to move, well short of a timeout.
+        step_for(worker, Duration::from_millis(200));
         seen.push((frontier(), read(), bl.paused(Pause::Bytes)));
         // Only a whole idle timeout of its own lets the frontier pass it.
         let until = Instant::now() + Duration::from_secs(5);
