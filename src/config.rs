@@ -405,7 +405,8 @@ pub struct CheckpointSection {
     pub give_up_after: GiveUpAfter,
     /// Back-pressure: finished epochs (in checkpoint intervals of event
     /// time) that may wait for storage before the sources pause.
-    pub max_pending_epochs: u64,
+    /// (Signed so that a negative value gets the same message as 0.)
+    pub max_pending_epochs: i64,
     /// Back-pressure: bytes of finished epochs a process may hold in memory
     /// until they are written before its sources pause.
     pub max_pending_bytes: ByteSize,
@@ -425,7 +426,7 @@ impl Default for CheckpointSection {
 
 /// Three intervals: the 30 ticks sources could run ahead of the epoch
 /// writers before the bound was configurable (10 s intervals of 1 s ticks).
-pub const DEFAULT_MAX_PENDING_EPOCHS: u64 = 3;
+pub const DEFAULT_MAX_PENDING_EPOCHS: i64 = 3;
 /// 256 MiB per process: far above what three epochs of a busy stream
 /// encode to, so it binds only when epochs are very large or writes slow.
 pub const DEFAULT_MAX_PENDING_BYTES: u64 = 256 << 20;
@@ -775,8 +776,9 @@ impl Config {
         let mut cfg: Config = toml::from_str(text).map_err(|e| field_error(text, e))?;
         cfg.params = cfg.build_params()?;
         cfg.job.stop_timeout.positive("job.stop_timeout")?;
-        if cfg.checkpoint.max_pending_epochs == 0 {
-            bail!("checkpoint.max_pending_epochs = 0 would pause the sources for good; use 1 or more (default {DEFAULT_MAX_PENDING_EPOCHS})");
+        let epochs = cfg.checkpoint.max_pending_epochs;
+        if epochs < 1 {
+            bail!("checkpoint.max_pending_epochs = {epochs} would pause the sources for good; use 1 or more (default {DEFAULT_MAX_PENDING_EPOCHS})");
         }
         if cfg.checkpoint.max_pending_bytes.0 == 0 {
             bail!("checkpoint.max_pending_bytes = 0 would pause the sources whenever an epoch waits for storage; use a size such as \"256MiB\" (the default)");
@@ -1200,7 +1202,7 @@ mod tests {
             ("[checkpoint]\ngive_up_after = \"soon\"\n", "checkpoint.give_up_after"),
             ("[checkpoint]\ngive_up_after = 600\n", "checkpoint.give_up_after"),
             ("[checkpoint]\nmax_pending_epochs = 0\n", "checkpoint.max_pending_epochs = 0"),
-            ("[checkpoint]\nmax_pending_epochs = -1\n", "checkpoint.max_pending_epochs"),
+            ("[checkpoint]\nmax_pending_epochs = -1\n", "checkpoint.max_pending_epochs = -1 would pause the sources for good; use 1 or more"),
             ("[checkpoint]\nmax_pending_epochs = \"3\"\n", "checkpoint.max_pending_epochs"),
             ("[checkpoint]\nmax_pending_bytes = 0\n", "checkpoint.max_pending_bytes = 0"),
             ("[checkpoint]\nmax_pending_bytes = \"0MiB\"\n", "checkpoint.max_pending_bytes = 0"),

@@ -58,7 +58,7 @@ pub struct JobSpec {
     pub give_up_after: Option<Duration>,
     /// `[checkpoint] max_pending_epochs`: checkpoint intervals the sources
     /// may read ahead of the epoch writers.
-    pub max_pending_epochs: u64,
+    pub max_pending_epochs: i64,
     /// `[checkpoint] max_pending_bytes`: bytes of finished epochs a process
     /// may hold until they are written before its sources pause.
     pub max_pending_bytes: u64,

@@ -61,9 +61,7 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
     // Back-pressure by epochs: the writers' reports (the probe) may lag
     // the sources by this many checkpoint intervals of event time.
     let interval_ticks = params.checkpoint_interval_ms / params.tick_ms;
-    let max_lag_ticks = i64::try_from(sh.spec.max_pending_epochs)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(interval_ticks);
+    let max_lag_ticks = sh.spec.max_pending_epochs.saturating_mul(interval_ticks);
     let probe = ProbeHandle::new();
     worker.dataflow::<Tick, _, _>(|scope| {
         let config = |meter: &Arc<Meter>, max_rate| SourceConfig {
