@@ -102,7 +102,7 @@ pub(super) fn build<'s, D: Decode>(
             });
             config.backlog.switch(paused, pause);
             paused = pause;
-            let lagging = pause.is_some();
+            let held_back = pause.is_some();
             // Wall time spent paused is not time without data: it must not
             // make a partition idle (letting the frontier pass records it
             // has not read yet) or stalled.
@@ -124,7 +124,7 @@ pub(super) fn build<'s, D: Decode>(
             // Successors of partitions finished in this activation, with
             // the index of their parent.
             let mut born: Vec<(Successor, usize)> = Vec::new();
-            if !lagging && !throttled {
+            if !held_back && !throttled {
                 let bounds = Bounds {
                     floor: cap_time,
                     skip_below: config.skip_below,
@@ -226,7 +226,7 @@ pub(super) fn build<'s, D: Decode>(
                 pos_cap.downgrade(&wm);
             }
             rate.consumed(read);
-            match flow::reactivate_after(lagging, throttled, pending_any, read) {
+            match flow::reactivate_after(held_back, throttled, pending_any, read) {
                 Some(delay) => activator.activate_after(delay),
                 None => activator.activate(),
             }
