@@ -93,6 +93,7 @@ fn ride_out_a_hang(bucket: &str, bounds: &str) -> Seen {
             .expect("moto listens on an IP address"),
     );
     let rate = RATE.to_string();
+    let log = tmp.join("stderr.log");
     let mut cmd = job::command(&["replay", "--input", &input, "--output", &url]);
     cmd.args([
         "--config",
@@ -102,13 +103,14 @@ fn ride_out_a_hang(bucket: &str, bounds: &str) -> Seen {
         "--rate",
         &rate,
     ])
-    .stderr(Stdio::null());
+    // Its log goes to a file: nothing has to drain it during the outage.
+    .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     moto::client_env(&mut cmd, &proxy.endpoint());
     let mut child = cmd.spawn().unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while manifests(&*st) < 2 || get(port, "/metrics").is_none() {
-        assert_running(&mut child, "before the outage");
+        assert_running(&mut child, "before the outage", &log);
         assert!(Instant::now() < deadline, "no two commits in 60 s");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -125,7 +127,7 @@ fn ride_out_a_hang(bucket: &str, bounds: &str) -> Seen {
         largest_epoch: 0,
     };
     while away.elapsed() < OUTAGE {
-        assert_running(&mut child, "during the outage");
+        assert_running(&mut child, "during the outage", &log);
         let s = scrape(port);
         seen.read.push((away.elapsed(), records(&s)));
         seen.max_pending = seen.max_pending.max(pending(&s));
@@ -133,7 +135,12 @@ fn ride_out_a_hang(bucket: &str, bounds: &str) -> Seen {
         std::thread::sleep(Duration::from_millis(100));
     }
     proxy.heal();
-    job::finish(child, "the replay after the outage");
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the replay after the outage: {status}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 
     seen.largest_epoch = list_manifests(&*st)
         .unwrap()
@@ -161,9 +168,10 @@ fn ride_out_a_hang(bucket: &str, bounds: &str) -> Seen {
     seen
 }
 
-fn assert_running(child: &mut Child, when: &str) {
+fn assert_running(child: &mut Child, when: &str, log: &std::path::Path) {
     if let Some(status) = child.try_wait().unwrap() {
-        panic!("the job ended {when}: {status}");
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        panic!("the job ended {when}: {status}: {log}");
     }
 }
 
