@@ -403,6 +403,13 @@ pub struct CheckpointSection {
     /// How long storage may keep failing one write or commit before the
     /// job gives up (exit 3); never by default.
     pub give_up_after: GiveUpAfter,
+    /// Back-pressure: finished epochs (in checkpoint intervals of event
+    /// time) that may wait for storage before the sources pause.
+    /// (Signed so that a negative value gets the same message as 0.)
+    pub max_pending_epochs: i64,
+    /// Back-pressure: bytes of finished epochs a process may hold in memory
+    /// until they are written before its sources pause.
+    pub max_pending_bytes: ByteSize,
 }
 impl Default for CheckpointSection {
     fn default() -> Self {
@@ -411,8 +418,69 @@ impl Default for CheckpointSection {
             min_wall_interval: Dur::lit("2s"),
             retain: DEFAULT_RETAIN,
             give_up_after: GiveUpAfter(None),
+            max_pending_epochs: DEFAULT_MAX_PENDING_EPOCHS,
+            max_pending_bytes: ByteSize(DEFAULT_MAX_PENDING_BYTES),
         }
     }
+}
+
+/// Three intervals: the 30 ticks sources could run ahead of the epoch
+/// writers before the bound was configurable (10 s intervals of 1 s ticks).
+pub const DEFAULT_MAX_PENDING_EPOCHS: i64 = 3;
+/// 256 MiB per process: far above what three epochs of a busy stream
+/// encode to, so it binds only when epochs are very large or writes slow.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 256 << 20;
+
+/// A size in bytes: `"256MiB"`, `"1GiB"`, `"64KB"`, or an integer of bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"256MiB\" or \"1GiB\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                parse_size(s).map(ByteSize).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{n} is negative; {SIZE_USAGE}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+const SIZE_USAGE: &str = "use a size such as \"256MiB\", \"1GiB\" or \"512KiB\" (units B, KiB, MiB, GiB, TiB; KB, MB, GB, TB are powers of 1000), or a whole number of bytes";
+
+/// Parses `256MiB`, `1GiB`, `64KB`, `1048576` or `1048576B` into bytes; the
+/// error starts with the value and says how to write one.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a size: write a whole number and a unit; {SIZE_USAGE}")
+    })?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        u => return Err(format!("{s:?} has an unknown unit {u:?}; {SIZE_USAGE}")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large; {SIZE_USAGE}"))
 }
 
 /// `checkpoint.give_up_after`: a duration, or `"never"` (the default).
@@ -708,6 +776,13 @@ impl Config {
         let mut cfg: Config = toml::from_str(text).map_err(|e| field_error(text, e))?;
         cfg.params = cfg.build_params()?;
         cfg.job.stop_timeout.positive("job.stop_timeout")?;
+        let epochs = cfg.checkpoint.max_pending_epochs;
+        if epochs < 1 {
+            bail!("checkpoint.max_pending_epochs = {epochs} would pause the sources for good; use 1 or more (default {DEFAULT_MAX_PENDING_EPOCHS})");
+        }
+        if cfg.checkpoint.max_pending_bytes.0 == 0 {
+            bail!("checkpoint.max_pending_bytes = 0 would pause the sources whenever an epoch waits for storage; use a size such as \"256MiB\" (the default)");
+        }
         if cfg.checkpoint.retain == 0 {
             bail!("checkpoint.retain = 0: a restart needs at least the newest commit; use 1 or more (default {DEFAULT_RETAIN})");
         }
@@ -1126,6 +1201,15 @@ mod tests {
             ("[checkpoint]\ngive_up_after = \"0s\"\n", "checkpoint.give_up_after"),
             ("[checkpoint]\ngive_up_after = \"soon\"\n", "checkpoint.give_up_after"),
             ("[checkpoint]\ngive_up_after = 600\n", "checkpoint.give_up_after"),
+            ("[checkpoint]\nmax_pending_epochs = 0\n", "checkpoint.max_pending_epochs = 0"),
+            ("[checkpoint]\nmax_pending_epochs = -1\n", "checkpoint.max_pending_epochs = -1 would pause the sources for good; use 1 or more"),
+            ("[checkpoint]\nmax_pending_epochs = \"3\"\n", "checkpoint.max_pending_epochs"),
+            ("[checkpoint]\nmax_pending_bytes = 0\n", "checkpoint.max_pending_bytes = 0"),
+            ("[checkpoint]\nmax_pending_bytes = \"0MiB\"\n", "checkpoint.max_pending_bytes = 0"),
+            ("[checkpoint]\nmax_pending_bytes = -5\n", "checkpoint.max_pending_bytes"),
+            ("[checkpoint]\nmax_pending_bytes = \"256 megs\"\n", "checkpoint.max_pending_bytes = \"256 megs\" has an unknown unit"),
+            ("[checkpoint]\nmax_pending_bytes = \"lots\"\n", "checkpoint.max_pending_bytes = \"lots\" is not a size"),
+            ("[checkpoint]\nmax_pending_bytes = \"99999999TiB\"\n", "checkpoint.max_pending_bytes = \"99999999TiB\" is too large"),
             ("[job]\nstop_timeout = \"0s\"\n", "job.stop_timeout must be greater than zero"),
             ("[anomaly.window]\ncooldown = \"soon\"\n", "anomaly.window.cooldown"),
             (
@@ -1159,6 +1243,30 @@ mod tests {
             e.contains("checkpoint.give_up_after") && e.contains("never"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn back_pressure_bounds_default_and_parse_human_sizes() {
+        let c = Config::parse("").unwrap().checkpoint;
+        assert_eq!(c.max_pending_epochs, 3);
+        assert_eq!(c.max_pending_bytes, ByteSize(256 << 20));
+        for (text, want) in [
+            ("\"256MiB\"", 256 << 20),
+            ("\"1GiB\"", 1 << 30),
+            ("\"512KiB\"", 512 << 10),
+            ("\"64KB\"", 64_000),
+            ("\"2 MB\"", 2_000_000),
+            ("\"4096B\"", 4096),
+            ("\"4096\"", 4096),
+            ("1048576", 1 << 20),
+        ] {
+            let cfg = Config::parse(&format!(
+                "[checkpoint]\nmax_pending_bytes = {text}\nmax_pending_epochs = 7\n"
+            ))
+            .unwrap();
+            assert_eq!(cfg.checkpoint.max_pending_bytes, ByteSize(want), "{text}");
+            assert_eq!(cfg.checkpoint.max_pending_epochs, 7);
+        }
     }
 
     #[test]

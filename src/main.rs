@@ -490,6 +490,8 @@ fn run(
         max_rate: opts.max_rate,
         retain: cfg.checkpoint.retain,
         give_up_after: cfg.checkpoint.give_up_after.duration(),
+        max_pending_epochs: cfg.checkpoint.max_pending_epochs,
+        max_pending_bytes: cfg.checkpoint.max_pending_bytes.0,
         s3: cfg.s3_options(),
         sinks,
         allow_config_change: opts.allow_config_change,

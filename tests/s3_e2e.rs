@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use tidemark_checkpoint::storage::Storage;
-use tidemark_testkit::committed::{assert_same, manifests, read_committed};
+use tidemark_testkit::committed::{assert_same, download, manifests, read_committed};
 use tidemark_testkit::datasets::generate;
 use tidemark_testkit::fault_proxy::{FaultProxy, Mode};
 use tidemark_testkit::job::{self, FAST_COMMITS};
@@ -31,15 +31,6 @@ fn tidemark(endpoint: &str, args: &[&str]) -> Command {
     c.args(args).env("TIDEMARK_LOG", "warn");
     moto::client_env(&mut c, endpoint);
     c
-}
-
-/// Copies the whole root to a local directory, to read it like a local one.
-fn download(st: &dyn Storage, to: &Path) {
-    for key in st.list("").unwrap() {
-        let path = to.join(&key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, st.get(&key).unwrap().unwrap()).unwrap();
-    }
 }
 
 fn run_ok(mut c: Command) {
@@ -419,8 +410,9 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
         "first warning {first_warning:?} after the outage began: {}",
         text.join("\n")
     );
-    // The sources wait while epochs cannot be written (they stay at most 30
-    // ticks ahead of the writers): memory does not grow with the outage.
+    // The sources wait while epochs cannot be written (back-pressure: at
+    // most `max_pending_epochs` intervals ahead of the writers): memory
+    // does not grow with the outage.
     eprintln!("peak RSS during the outage: {} MiB", peak_rss.get() >> 20);
     assert!(
         peak_rss.get() < 512 << 20,

@@ -298,6 +298,12 @@ impl ParquetFile {
         self.rows
     }
 
+    /// Bytes this file holds in memory: encoded row groups and the one in
+    /// progress.
+    pub fn held_bytes(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.memory_size()) as u64
+    }
+
     /// The complete file's bytes.
     pub fn finish(self) -> Result<Vec<u8>> {
         self.writer.into_inner().context("closing Parquet file")

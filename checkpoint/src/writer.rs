@@ -14,6 +14,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::CapabilitySet;
 use timely::dataflow::StreamVec;
 
+use tidemark_dataflow::backlog::Backlog;
 use tidemark_dataflow::event::{Anomaly, Reject, Tick, Txn, WindowRow};
 use tidemark_dataflow::graph::JobStreams;
 use tidemark_dataflow::params::Params;
@@ -56,6 +57,10 @@ pub struct WriterConfig {
     /// Shared by every worker's writer of a process: failure counts and
     /// the failure that stopped a writer, for the job's loop to see.
     pub handle: Arc<WriteHandle>,
+    /// Shared by every worker's writer of a process and its sources: the
+    /// bytes of finished epochs not yet written, which the sources bound
+    /// (`[checkpoint] max_pending_bytes`).
+    pub backlog: Arc<Backlog>,
 }
 
 /// Why an epoch writer stopped: the job cannot go on, and a restart resumes
@@ -172,6 +177,11 @@ impl OpenEpoch {
     fn see(&mut self, t: Option<Tick>) {
         self.max_tick = self.max_tick.max(t);
     }
+
+    /// Bytes its files hold in memory.
+    fn held_bytes(&self) -> u64 {
+        self.files.values().map(ParquetFile::held_bytes).sum()
+    }
 }
 
 struct Inputs {
@@ -267,7 +277,9 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
     // happen on a thread of their own, in order, so the worker keeps
     // processing (and its frontier moving) while they are written. The
     // report is released, with the capability held for it, when it is back.
-    let (jobs, job_rx) = std::sync::mpsc::channel::<(Option<Tick>, OpenEpoch, StateSnapshot)>();
+    // Each epoch goes with the bytes it added to the backlog, taken off
+    // once it is written.
+    let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
     let (done_tx, finished) = std::sync::mpsc::channel::<EpochReport>();
     let activator = scope
         .worker()
@@ -279,9 +291,16 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
         .name(format!("epoch-writer-{worker}"))
         .spawn(move || {
             let _entered = span.enter();
-            for (boundary, epoch, state) in job_rx {
+            for Job {
+                boundary,
+                epoch,
+                state,
+                held,
+            } in job_rx
+            {
                 match close_epoch(&thread_cfg, worker, boundary, epoch, state) {
                     Ok(report) => {
+                        thread_cfg.backlog.remove(held);
                         if done_tx.send(report).is_err() {
                             break;
                         }
@@ -382,10 +401,11 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                 boundaries.remove(0);
                 inputs.seal(Some(b), &mut epoch, &cfg);
                 in_flight.push_back(caps.delayed(&(b - 1)));
-                let job = (
+                let job = Job::new(
                     Some(b),
                     std::mem::take(&mut epoch),
                     take_states(&mut states, Some(b)),
+                    &cfg.backlog,
                 );
                 // The thread is gone only after giving up: the job is stopping.
                 let _ = jobs.send(job);
@@ -407,10 +427,11 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
                         inputs.seal(None, &mut epoch, &cfg);
                         if let Some(t) = caps.iter().map(|c| *c.time()).min() {
                             in_flight.push_back(caps.delayed(&t));
-                            let job = (
+                            let job = Job::new(
                                 None,
                                 std::mem::take(&mut epoch),
                                 take_states(&mut states, None),
+                                &cfg.backlog,
                             );
                             let _ = jobs.send(job);
                         }
@@ -422,6 +443,41 @@ pub fn writer<'s>(streams: &JobStreams<'s>, cfg: WriterConfig) -> StreamVec<'s, 
         }
     });
     reports
+}
+
+/// One finished epoch for the writer thread.
+struct Job {
+    boundary: Option<Tick>,
+    epoch: OpenEpoch,
+    state: StateSnapshot,
+    /// Bytes counted in the backlog for it.
+    held: u64,
+}
+
+impl Job {
+    /// The epoch, its bytes counted in `backlog` until it is written.
+    fn new(
+        boundary: Option<Tick>,
+        epoch: OpenEpoch,
+        state: StateSnapshot,
+        backlog: &Backlog,
+    ) -> Self {
+        let held = epoch.held_bytes() + state_bytes(&state);
+        backlog.add(held);
+        Job {
+            boundary,
+            epoch,
+            state,
+            held,
+        }
+    }
+}
+
+fn state_bytes(state: &StateSnapshot) -> u64 {
+    state
+        .iter()
+        .flat_map(|(_, groups)| groups.iter().map(|(_, b)| b.len() as u64))
+        .sum()
 }
 
 fn take_states(states: &mut PendingStates, boundary: Option<Tick>) -> StateSnapshot {

@@ -141,6 +141,7 @@ impl Job {
                     params: Params::default(),
                     retry,
                     handle: writes.clone(),
+                    backlog: Default::default(),
                 },
             );
             let commits = committer(

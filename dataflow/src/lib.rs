@@ -7,6 +7,8 @@
 //! and everything in between is driven by timely's frontier.
 //!
 //! Modules:
+//! * [`backlog`]: bytes held for epochs not yet written, and the sources'
+//!   back-pressure pauses, shared with the epoch writers.
 //! * [`event`]: the event model, what flows between operators.
 //! * [`record`]: validation of one record (SPEC 1–2, SPEC 9 rows): a JSON
 //!   scanner and the field rules.
@@ -24,6 +26,7 @@
 //! * [`stop`]: a stop requested on any process, sent to the ticker.
 //! * [`graph`]: the whole computation wired, source streams in, outputs out.
 
+pub mod backlog;
 pub mod dedup;
 pub mod enrich;
 pub mod event;

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tidemark_checkpoint::manifest::Manifest;
+use tidemark_dataflow::backlog::Pause;
 use tidemark_dataflow::source::REFERENCE_BASE;
 
 use super::Shared;
@@ -49,6 +50,14 @@ pub(super) fn collect(sh: &Shared) {
                 gauge!("tidemark_source_lag_seconds", &labels).set(behind as f64 / 1e3);
             }
         }
+    }
+    // Back-pressure: bytes of finished epochs waiting for storage, and
+    // whether a source of this process pauses for either bound.
+    gauge!("tidemark_backpressure_pending_bytes").set(sh.backlog.bytes() as f64);
+    for p in Pause::ALL {
+        let paused = sh.backlog.paused(p) > 0;
+        gauge!("tidemark_backpressure_paused", "bound" => p.as_str())
+            .set(f64::from(u8::from(paused)));
     }
     // Failed storage attempts: this process's epoch writers, and on
     // process 0 its committer too.

@@ -24,6 +24,7 @@ use tidemark_checkpoint::writer::{WriteFailure, WriteHandle};
 use tidemark_connectors::adapters::SourceSpec;
 use tidemark_connectors::background::Background;
 use tidemark_connectors::kafka::KafkaSettings;
+use tidemark_dataflow::backlog::Backlog;
 use tidemark_dataflow::params::Params;
 use tidemark_dataflow::source::{Meter, SourceFailure, REFERENCE_BASE};
 use tidemark_sinks::{SinkStatus, SinkTopics};
@@ -55,6 +56,12 @@ pub struct JobSpec {
     /// `[checkpoint] give_up_after`: storage errors are retried this long
     /// (`None`: until they stop).
     pub give_up_after: Option<Duration>,
+    /// `[checkpoint] max_pending_epochs`: checkpoint intervals the sources
+    /// may read ahead of the epoch writers.
+    pub max_pending_epochs: i64,
+    /// `[checkpoint] max_pending_bytes`: bytes of finished epochs a process
+    /// may hold until they are written before its sources pause.
+    pub max_pending_bytes: u64,
     /// Publish committed anomalies and rejects to these Kafka topics.
     pub sinks: Option<(KafkaSettings, SinkTopics)>,
     pub s3: S3Options,
@@ -152,6 +159,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         status: Arc::new(Mutex::new(CommitStatus::default())),
         committer: OnceLock::new(),
         writes: Arc::default(),
+        backlog: Arc::default(),
         latency: Arc::new(Mutex::new(Latency::new())),
         beyond_watermark: Mutex::new(Latency::new()),
         restored: Mutex::new((0, Duration::ZERO)),
@@ -385,6 +393,9 @@ struct Shared {
     committer: OnceLock<CommitHandle>,
     /// The epoch writers' failures: every worker watches for one that gave up.
     writes: Arc<WriteHandle>,
+    /// Bytes of finished epochs waiting for storage, and the sources'
+    /// back-pressure pauses.
+    backlog: Arc<Backlog>,
     latency: Arc<Mutex<Latency>>,
     /// See [`Summary::beyond_watermark`]; kept by each process's first worker.
     beyond_watermark: Mutex<Latency>,

@@ -58,12 +58,18 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
         readers_count,
     } = open_sources(sh, index, peers);
 
+    // Back-pressure by epochs: the writers' reports (the probe) may lag
+    // the sources by this many checkpoint intervals of event time.
+    let interval_ticks = params.checkpoint_interval_ms / params.tick_ms;
+    let max_lag_ticks = sh.spec.max_pending_epochs.saturating_mul(interval_ticks);
     let probe = ProbeHandle::new();
     worker.dataflow::<Tick, _, _>(|scope| {
         let config = |meter: &Arc<Meter>, max_rate| SourceConfig {
             batch: 1024,
             budget: 16 * 1024,
-            max_lag_ticks: 30,
+            max_lag_ticks,
+            max_pending_bytes: sh.spec.max_pending_bytes,
+            backlog: sh.backlog.clone(),
             skip_below,
             meter: meter.clone(),
             max_rate,
@@ -120,6 +126,7 @@ pub(super) fn run(worker: &mut timely::worker::Worker, sh: &Arc<Shared>) -> Resu
                 params: params.clone(),
                 retry: RetryPolicy::default().giving_up_after(sh.spec.give_up_after),
                 handle: sh.writes.clone(),
+                backlog: sh.backlog.clone(),
             },
         );
         let reports = reports.probe_with(&probe);

@@ -67,6 +67,16 @@ impl Root for dyn Storage {
     }
 }
 
+/// Copies a whole root from a store (on S3, say) to a local directory, to
+/// read it like a local one ([`read_committed`]).
+pub fn download(st: &dyn Storage, to: &Path) {
+    for key in st.list("").unwrap() {
+        let path = to.join(&key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, st.get(&key).unwrap().unwrap()).unwrap();
+    }
+}
+
 /// The sorted file names of the committed public manifests of `root`.
 pub fn manifest_names<R: Root + ?Sized>(root: &R) -> Vec<String> {
     root.manifest_names()

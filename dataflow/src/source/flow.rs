@@ -4,12 +4,37 @@
 
 use std::time::{Duration, Instant};
 
+use crate::backlog::Pause;
 use crate::event::Tick;
+
+/// Whether the source pauses reading (back-pressure), and for which bound:
+/// finished epochs waiting for storage hold more than `max_bytes`
+/// (`pending`), or downstream lags (see [`lagging`]). A pause only stops
+/// reading: the capability stays where the records read put it, so the
+/// frontier never passes a record not yet read (none becomes late for
+/// it), and the epochs already read still close. Only finished epochs
+/// count in `pending`, never the one being filled, so writing them is all
+/// it takes to resume: a pause cannot wait for itself.
+pub(super) fn pause(
+    cap: Tick,
+    done: Option<Tick>,
+    max_lag_ticks: i64,
+    pending: u64,
+    max_bytes: u64,
+) -> Option<Pause> {
+    if pending > max_bytes {
+        Some(Pause::Bytes)
+    } else if lagging(cap, done, max_lag_ticks) {
+        Some(Pause::Epochs)
+    } else {
+        None
+    }
+}
 
 /// Whether downstream lags: the probe (`done`, its least time) is more than
 /// `max_lag_ticks` behind the source's capability `cap`. Nothing lags before
 /// the source has a time, or while the probe is empty.
-pub(super) fn lagging(cap: Tick, done: Option<Tick>, max_lag_ticks: i64) -> bool {
+fn lagging(cap: Tick, done: Option<Tick>, max_lag_ticks: i64) -> bool {
     done.is_some_and(|done| cap > Tick::MIN && done < cap.saturating_sub(max_lag_ticks))
 }
 
@@ -32,14 +57,14 @@ pub(super) fn fair_share(batch: usize, budget: usize, live: usize) -> usize {
 
 /// When to activate the operator again: `None` at once, otherwise after a
 /// pause (10 ms when a partition had nothing to hand out, 1 ms when only
-/// downstream or the rate held reading back).
+/// back-pressure or the rate held reading back).
 pub(super) fn reactivate_after(
-    lagging: bool,
+    paused: bool,
     throttled: bool,
     pending: bool,
     read: usize,
 ) -> Option<Duration> {
-    if lagging || throttled || (pending && read == 0) {
+    if paused || throttled || (pending && read == 0) {
         Some(Duration::from_millis(if pending { 10 } else { 1 }))
     } else {
         None
@@ -93,6 +118,30 @@ mod tests {
         assert!(lagging(100, Some(89), 10));
         assert!(!lagging(100, Some(100), 10));
         assert!(!lagging(Tick::MIN + 1, Some(Tick::MIN), 10), "saturates");
+    }
+
+    #[test]
+    fn pauses_over_either_bound() {
+        let e = Some(Pause::Epochs);
+        let b = Some(Pause::Bytes);
+        // (cap, probe, max_lag_ticks, pending bytes, max bytes) → pause
+        for (cap, done, lag, pending, max, want) in [
+            (100, Some(100), 20, 0, 1024, None),
+            (100, Some(80), 20, 1024, 1024, None),
+            (100, Some(79), 20, 0, 1024, e),
+            (100, Some(100), 20, 1025, 1024, b),
+            (100, Some(79), 20, 1025, 1024, b),
+            (100, None, 20, 0, 1024, None),
+            // Bytes alone pause even before the source has a time.
+            (Tick::MIN, None, 20, 1025, 1024, b),
+            (Tick::MIN, Some(Tick::MIN), 20, 0, 0, None),
+        ] {
+            assert_eq!(
+                pause(cap, done, lag, pending, max),
+                want,
+                "cap {cap}, done {done:?}, lag {lag}, {pending} of {max} bytes"
+            );
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! The operator's pieces, one concern per file:
 //! * `partition.rs`: one partition's state: watermark, lateness
 //!   (`classify`), idleness, stall warnings;
-//! * `flow.rs`: how much to read per activation (probe lag, `--rate`
-//!   budget with capped credit, fair shares) and when to look again;
+//! * `flow.rs`: how much to read per activation (back-pressure: probe lag
+//!   and bytes waiting for storage; `--rate` budget with capped credit,
+//!   fair shares) and when to look again;
 //! * `operator.rs`: the timely operator: the poll loop, successors, and the
 //!   capability's downgrade.
 
@@ -177,8 +178,17 @@ pub struct SourceConfig {
     pub batch: usize,
     /// Records read per activation, across partitions.
     pub budget: usize,
-    /// Pause reading while the probe lags the source by more than this many ticks.
+    /// Pause reading while the probe (the epoch writers' reports) lags the
+    /// source by more than this many ticks: `[checkpoint]
+    /// max_pending_epochs` checkpoint intervals. Also what keeps a source
+    /// from running ahead of a slower dataflow.
     pub max_lag_ticks: i64,
+    /// Pause reading while `backlog` holds more than this many bytes of
+    /// finished epochs not yet written (`[checkpoint] max_pending_bytes`).
+    pub max_pending_bytes: u64,
+    /// The process's epochs waiting for storage, shared with its writers;
+    /// sources report their pauses in it.
+    pub backlog: std::sync::Arc<crate::backlog::Backlog>,
     /// Records with a time below this tick were committed before a restart:
     /// they are read (to rebuild watermarks) but not emitted.
     pub skip_below: Tick,

@@ -58,6 +58,9 @@ pub(super) fn build<'s, D: Decode>(
         let mut announced = false;
         let mut rate = Rate::new(config.max_rate);
         let mut cursor = 0usize;
+        // Back-pressure: the bound this source pauses for, and since when.
+        let mut paused: Option<crate::backlog::Pause> = None;
+        let mut paused_since: Option<Instant> = None;
 
         move |frontiers| {
             if let Some(input) = follow_in.as_mut() {
@@ -85,12 +88,35 @@ pub(super) fn build<'s, D: Decode>(
                 }
             }
 
-            // Flow control: do not run ahead of what downstream has finished,
-            // nor past the rate.
+            // Flow control: do not run ahead of what downstream has finished
+            // nor of what storage has taken (back-pressure), nor past the rate.
             let cap_time = *txn_cap.time();
-            let lagging = probe.with_frontier(|f| {
-                flow::lagging(cap_time, f.iter().next().copied(), config.max_lag_ticks)
+            let pause = probe.with_frontier(|f| {
+                flow::pause(
+                    cap_time,
+                    f.iter().next().copied(),
+                    config.max_lag_ticks,
+                    config.backlog.bytes(),
+                    config.max_pending_bytes,
+                )
             });
+            config.backlog.switch(paused, pause);
+            paused = pause;
+            let held_back = pause.is_some();
+            // Wall time spent paused is not time without data: it must not
+            // make a partition idle (letting the frontier pass records it
+            // has not read yet) or stalled.
+            match (pause, paused_since) {
+                (Some(_), None) => paused_since = Some(Instant::now()),
+                (None, Some(since)) => {
+                    paused_since = None;
+                    let d = since.elapsed();
+                    for p in &mut parts {
+                        p.paused_for(d);
+                    }
+                }
+                _ => {}
+            }
             let budget = rate.budget(config.budget);
             let throttled = budget == 0;
             let mut read = 0usize;
@@ -98,7 +124,7 @@ pub(super) fn build<'s, D: Decode>(
             // Successors of partitions finished in this activation, with
             // the index of their parent.
             let mut born: Vec<(Successor, usize)> = Vec::new();
-            if !lagging && !throttled {
+            if !held_back && !throttled {
                 let bounds = Bounds {
                     floor: cap_time,
                     skip_below: config.skip_below,
@@ -190,6 +216,7 @@ pub(super) fn build<'s, D: Decode>(
                 .as_ref()
                 .and_then(|_| frontiers[0].frontier().iter().min().copied());
             let Some(wm) = capability_tick(&parts, &params, followed) else {
+                config.backlog.switch(paused, None);
                 caps = None;
                 return;
             };
@@ -199,7 +226,7 @@ pub(super) fn build<'s, D: Decode>(
                 pos_cap.downgrade(&wm);
             }
             rate.consumed(read);
-            match flow::reactivate_after(lagging, throttled, pending_any, read) {
+            match flow::reactivate_after(held_back, throttled, pending_any, read) {
                 Some(delay) => activator.activate_after(delay),
                 None => activator.activate(),
             }

@@ -173,6 +173,12 @@ impl Partition {
         }
     }
 
+    /// The source paused reading for `d` (back-pressure): that time does
+    /// not count as time without data.
+    pub(super) fn paused_for(&mut self, d: Duration) {
+        self.last_data = (self.last_data + d).min(Instant::now());
+    }
+
     /// The reader answered `Poll::CaughtUp`: the partition no longer waits,
     /// and goes idle after `idle_timeout` without data.
     pub(super) fn caught_up(&mut self, env: &Env<'_>) {

@@ -77,6 +77,8 @@ fn run_readers(make: impl FnOnce() -> Readers + Send + Sync + 'static) -> Captur
                 batch: 2,
                 budget: 100,
                 max_lag_ticks: 1000,
+                max_pending_bytes: u64::MAX,
+                backlog: Default::default(),
                 skip_below: Tick::MIN,
                 meter: m,
                 max_rate: None,
@@ -302,6 +304,8 @@ fn merchant_rows_are_a_source_with_their_own_lateness_and_rejects() {
                     batch: 2,
                     budget: 100,
                     max_lag_ticks: 1000,
+                    max_pending_bytes: u64::MAX,
+                    backlog: Default::default(),
                     skip_below: Tick::MIN,
                     meter: Default::default(),
                     max_rate: None,
@@ -436,6 +440,8 @@ fn frontier_passes_a_quiet_partition(quiet: Poll, wait: Duration) -> bool {
                     batch: 16,
                     budget: 64,
                     max_lag_ticks: 1000,
+                    max_pending_bytes: u64::MAX,
+                    backlog: Default::default(),
                     skip_below: Tick::MIN,
                     meter: Default::default(),
                     max_rate: None,
@@ -511,6 +517,8 @@ fn a_partition_waiting_with_unread_records_holds_the_frontier_until_caught_up() 
                 batch: 16,
                 budget: 64,
                 max_lag_ticks: 1000,
+                max_pending_bytes: u64::MAX,
+                backlog: Default::default(),
                 skip_below: Tick::MIN,
                 meter: m.clone(),
                 max_rate: None,
@@ -611,6 +619,8 @@ fn run_until_failure(
                 batch: 2,
                 budget: 100,
                 max_lag_ticks: 1000,
+                max_pending_bytes: u64::MAX,
+                backlog: Default::default(),
                 skip_below: Tick::MIN,
                 meter: m.clone(),
                 max_rate: None,
@@ -726,4 +736,94 @@ fn a_successor_listing_that_fails_fails_the_partition_instead_of_finishing_it() 
         failure.unwrap().to_string(),
         "reference input partition 3: listing the children of shard 0: throttled"
     );
+}
+
+/// Back-pressure over the byte bound: the source reads nothing while the
+/// backlog holds more than `max_pending_bytes`, and its frontier stays
+/// where the records read put it. Time spent paused is not time without
+/// data: a caught-up partition does not go idle (letting the frontier pass
+/// it) just because the source paused for longer than `idle_timeout`.
+#[test]
+fn a_source_over_the_byte_bound_pauses_holding_its_frontier_and_idleness() {
+    use crate::backlog::{Backlog, Pause};
+    use std::sync::{Arc, Mutex};
+    use timely::dataflow::operators::Probe;
+    let one = |id: &str| -> Script {
+        Arc::new(Mutex::new((
+            VecDeque::from(vec![rec(id, 100)]),
+            Poll::CaughtUp,
+        )))
+    };
+    let (busy, quiet) = (one("b0"), one("q0"));
+    let backlog = Arc::new(Backlog::default());
+    let meter = Arc::new(Meter::default());
+    let (b, q, m, bl) = (busy.clone(), quiet.clone(), meter.clone(), backlog.clone());
+    let seen = timely::execute_directly(move |worker| {
+        let probe = ProbeHandle::new();
+        worker.dataflow::<Tick, _, _>(|scope| {
+            let readers: Readers = vec![
+                (fresh(0), Box::new(Scripted(b.clone(), 0))),
+                (fresh(1), Box::new(Scripted(q.clone(), 0))),
+            ];
+            let params = Params {
+                idle_timeout_ms: 1000,
+                ..Params::default()
+            };
+            let config = SourceConfig {
+                batch: 16,
+                budget: 64,
+                max_lag_ticks: 1000,
+                max_pending_bytes: 5,
+                backlog: bl.clone(),
+                skip_below: Tick::MIN,
+                meter: m.clone(),
+                max_rate: None,
+            };
+            let (t, _, _) = source(scope, "paused", params, config, readers, ProbeHandle::new());
+            t.probe_with(&probe);
+        });
+        let frontier = || probe.with_frontier(|f| f.first().copied().unwrap_or(Tick::MAX));
+        let read = || m.records.load(std::sync::atomic::Ordering::Relaxed);
+        let step_for = |worker: &mut timely::worker::Worker, d: Duration| {
+            let until = Instant::now() + d;
+            while Instant::now() < until {
+                worker.step_or_park(Some(Duration::from_millis(5)));
+            }
+        };
+        let mut seen = Vec::new();
+        step_for(worker, Duration::from_millis(100));
+        seen.push((frontier(), read(), bl.paused(Pause::Bytes)));
+        // Storage holds back 10 bytes; partition 0 gets a record far ahead.
+        bl.add(10);
+        b.lock().unwrap().0.push_back(rec("b1", 200));
+        step_for(worker, Duration::from_secs(2));
+        seen.push((frontier(), read(), bl.paused(Pause::Bytes)));
+        // Written: reading resumes, and partition 1, caught up but paused
+        // for two idle timeouts, still holds the frontier.
+        bl.remove(10);
+        let until = Instant::now() + Duration::from_secs(5);
+        while read() < 3 && Instant::now() < until {
+            worker.step_or_park(Some(Duration::from_millis(5)));
+        }
+        // Long enough for the frontier to move, well short of a timeout.
+        step_for(worker, Duration::from_millis(200));
+        seen.push((frontier(), read(), bl.paused(Pause::Bytes)));
+        // Only a whole idle timeout of its own lets the frontier pass it.
+        let until = Instant::now() + Duration::from_secs(5);
+        while frontier() < 190 && Instant::now() < until {
+            worker.step_or_park(Some(Duration::from_millis(5)));
+        }
+        seen.push((frontier(), read(), bl.paused(Pause::Bytes)));
+        b.lock().unwrap().1 = Poll::Finished;
+        q.lock().unwrap().1 = Poll::Finished;
+        while worker.step_or_park(Some(Duration::from_millis(5))) {}
+        seen
+    });
+    assert_eq!(
+        seen,
+        vec![(90, 2, 0), (90, 2, 1), (90, 3, 0), (190, 3, 0)],
+        "(frontier, records read, sources paused for bytes): before, during, \
+         right after the pause, and once partition 1 is idle"
+    );
+    assert_eq!(backlog.paused(Pause::Bytes), 0);
 }
