@@ -124,7 +124,10 @@ fn outage(proxy: &FaultProxy, job: &mut Logged) -> Phases {
 /// the job said a shard has records unread (it holds the frontier).
 fn assert_warned(job: &Logged, p: &Phases) {
     let shard = format!("Kinesis stream {STREAM} shard shardId-");
-    for (what, from, to) in [("hung", p.hung, p.refused), ("refused", p.refused, p.healed)] {
+    for (what, from, to) in [
+        ("hung", p.hung, p.refused),
+        ("refused", p.refused, p.healed),
+    ] {
         let warned = job.lines_between(from, to, &[&shard, "backing off", "WARN"]);
         assert!(
             !warned.is_empty(),
@@ -185,7 +188,11 @@ fn a_bounded_replay_waits_out_a_hung_then_refusing_endpoint() {
     let read_before = committed_offsets(&out);
     let phases = outage(&proxy, &mut job);
     let status = job.wait();
-    assert!(status.success(), "the replay failed ({status}): {}", job.text());
+    assert!(
+        status.success(),
+        "the replay failed ({status}): {}",
+        job.text()
+    );
     assert_warned(&job, &phases);
     assert!(
         read_before * 2 < data.total,

@@ -182,7 +182,10 @@ impl Logged {
     /// Starts `cmd` with its stderr piped and collected.
     pub fn spawn(mut cmd: Command) -> Logged {
         use std::io::BufRead;
-        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("starting tidemark");
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tidemark");
         let err = child.stderr.take().expect("piped stderr");
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -214,7 +217,11 @@ impl Logged {
     /// Everything logged so far, for failure messages.
     pub fn text(&self) -> String {
         let lines = self.lines.lock().unwrap();
-        lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Panics with the log unless the job is still running.

@@ -139,7 +139,8 @@ pub use client::{ApiError, KinesisClient, KinesisSettings, DEFAULT_REGION};
 pub use lineage::{shard_read_to_end, Lineage};
 pub use reader::{KinesisShardReader, ReadLimits, ShardMetrics, ShardReadConfig, StartAt};
 pub use shards::{
-    cmp_sequence, discover_shards, is_sequence_number, partition_of, ShardInfo, ShardWatcher,
+    cmp_sequence, discover_shards, discover_shards_with, is_sequence_number, partition_of,
+    Patience, ShardInfo, ShardWatcher, START_PATIENCE,
 };
 
 /// AWS's maximum records per GetRecords call.
