@@ -193,7 +193,6 @@ fn a_bounded_replay_waits_out_a_hung_then_refusing_endpoint() {
         "the replay failed ({status}): {}",
         job.text()
     );
-    assert_warned(&job, &phases);
     assert!(
         read_before * 2 < data.total,
         "the outage began after most records were committed ({read_before} of {})",
@@ -202,6 +201,7 @@ fn a_bounded_replay_waits_out_a_hung_then_refusing_endpoint() {
     let actual = read_committed(&out);
     assert_eq!(late(&actual), late(&data.expected), "LATE rejects");
     assert_same(&data.expected, &actual);
+    assert_warned(&job, &phases);
     eprintln!("bounded replay through the outage: {:?}", started.elapsed());
 }
 
@@ -229,18 +229,20 @@ fn a_following_job_waits_out_a_hung_then_refusing_endpoint() {
         job.wait();
         panic!("the follower ended before the outage: {}", job.text());
     }
-    // Midway through the hang, the metrics show a stalled shard.
+    // Midway through the hang, the metrics show a stalled shard and the
+    // failed calls.
     let scraper = std::thread::spawn(move || {
         std::thread::sleep(OUTAGE / 2);
-        scrape::sum(
-            &scrape::scrape(port),
-            "tidemark_source_stalled_seconds",
-            &[],
+        let m = scrape::scrape(port);
+        (
+            scrape::sum(&m, "tidemark_source_stalled_seconds", &[]),
+            scrape::sum(&m, "tidemark_source_errors_total", &[("kind", "transient")]),
         )
     });
     let phases = outage(&proxy, &mut job);
-    let stalled = scraper.join().unwrap();
+    let (stalled, errors) = scraper.join().unwrap();
     assert!(stalled > 0.0, "no shard stalled mid-outage: {stalled}");
+    assert!(errors > 0.0, "no failed call counted mid-outage: {errors}");
     // Caught up: most records read and committed after the outage.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -261,7 +263,6 @@ fn a_following_job_waits_out_a_hung_then_refusing_endpoint() {
     unsafe { libc::kill(job.child.id() as i32, libc::SIGTERM) };
     let status = job.wait();
     assert_eq!(status.code(), Some(0), "stop on SIGTERM: {}", job.text());
-    assert_warned(&job, &phases);
     // The rest, bounded at now, straight from the server.
     let bounded = config(
         &tmp,
@@ -277,5 +278,6 @@ fn a_following_job_waits_out_a_hung_then_refusing_endpoint() {
     let actual = read_committed(&out);
     assert_eq!(late(&actual), late(&data.expected), "LATE rejects");
     assert_same(&data.expected, &actual);
+    assert_warned(&job, &phases);
     eprintln!("following job through the outage: {:?}", started.elapsed());
 }

@@ -73,7 +73,15 @@
 //! - ProvisionedThroughputExceeded, KMS throttling, LimitExceeded and other
 //!   throttling, timeouts and transport errors back off exponentially with
 //!   full jitter ([`Backoff`]); meanwhile the reader answers
-//!   [`Poll::Waiting`] (records may be waiting: not idleness).
+//!   [`Poll::Waiting`] (records may be waiting: not idleness), for as long
+//!   as the endpoint fails: an outage of any length is waited out, with a
+//!   warning per shard at once and then every 10 s. Each call times out
+//!   (10 s), so a hung endpoint never blocks a worker for good.
+//! - ListShards backs off the same way ([`Patience`]): for ever when a
+//!   closed shard's children are looked up mid-run, for [`START_PATIENCE`]
+//!   at start (then it fails naming the endpoint: a wrong one must show).
+//!   The client's SDK retry quota is unlimited, so an outage never turns
+//!   the SDK's own retries off.
 //! - An expired iterator (ExpiredIteratorException, 5 minutes unused) is
 //!   renewed from the last sequence number fetched (AFTER_SEQUENCE_NUMBER),
 //!   or from the start position when nothing was fetched yet (a fresh

@@ -251,6 +251,10 @@ impl PartitionReader for ShardPartition {
         self.reader.poll(max, batch)
     }
 
+    fn describe(&self) -> String {
+        self.reader.describe()
+    }
+
     fn successors(&mut self) -> Result<Vec<Successor>, String> {
         if !self.reader.read_to_close() {
             return Ok(Vec::new());
