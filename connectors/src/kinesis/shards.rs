@@ -208,7 +208,7 @@ fn with_retries<T>(
         let e = match call() {
             Ok(v) => {
                 if let Some(t) = first_failure {
-                    tracing::warn!(
+                    tracing::info!(
                         "kinesis: {what}: answered again after failing for {} s",
                         t.elapsed().as_secs()
                     );
