@@ -205,6 +205,26 @@ fn describe() {
         "Epochs committed (process 0).",
     );
     c(
+        "tidemark_sink_failures_total",
+        Count,
+        "Failed attempts to publish a committed epoch to the Kafka sinks (each retried; process 0).",
+    );
+    g(
+        "tidemark_sink_waiting_seconds",
+        Seconds,
+        "How long the Kafka sinks' current epoch has waited for the brokers (0 when nothing waits; process 0).",
+    );
+    g(
+        "tidemark_sink_last_epoch_timestamp_seconds",
+        Seconds,
+        "The last committed epoch published to the Kafka sinks (its boundary, Unix time; process 0).",
+    );
+    g(
+        "tidemark_checkpoint_stalled_seconds",
+        Seconds,
+        "How long the oldest checkpoint storage operation (a write or a commit, retries included) has gone without succeeding, once past 8 s; 0 otherwise.",
+    );
+    c(
         "tidemark_checkpoint_failures_total",
         Count,
         "Failed commit attempts (process 0).",

@@ -14,7 +14,7 @@ use tidemark_testkit::datasets::generate;
 use tidemark_testkit::fault_proxy::{FaultProxy, Mode};
 use tidemark_testkit::job::{self, FAST_COMMITS};
 use tidemark_testkit::reference::Outputs;
-use tidemark_testkit::{layout, moto, tempdir};
+use tidemark_testkit::{layout, moto, scrape, tempdir};
 
 /// [`FAST_COMMITS`], keeping the newest three commits.
 fn fast_commits() -> String {
@@ -300,7 +300,8 @@ fn s3_slowing_down_half_of_all_requests_changes_nothing() {
 /// S3 unreachable for five minutes in the middle of a replay: first frozen
 /// (connections accepted, nothing answered) for 150 s, then refused for
 /// 150 s, then back. The process never exits meanwhile, warns within 10 s,
-/// and ends with exactly an undisturbed run's outputs.
+/// shows the stall and the failed attempts in its metrics, and ends with
+/// exactly an undisturbed run's outputs.
 #[test]
 fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
     use std::time::{Duration, Instant};
@@ -313,6 +314,15 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
 
     let st = bucket(&moto_endpoint, "tm-away");
     let proxy = proxied(&moto_endpoint);
+    let port = tidemark_testkit::launch::free_port();
+    let observed = tmp.join("observed.toml");
+    std::fs::write(
+        &observed,
+        format!("{FAST_COMMITS}\n[metrics]\naddress = \"127.0.0.1\"\nport = \"{port}\"\n"),
+    )
+    .unwrap();
+    let config = observed.to_str().unwrap();
+    let metric = |name: &str| scrape::sum(&scrape::scrape(port), name, &[]);
     let mut cmd = tidemark(
         &proxy.endpoint(),
         &[
@@ -350,6 +360,7 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
         assert!(Instant::now() < deadline, "no commits");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let failures_before = metric("tidemark_checkpoint_failures_total");
     let away = Instant::now();
     proxy.set(Mode::Hang);
     let peak_rss = std::cell::Cell::new(0u64);
@@ -364,8 +375,29 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
+    // Within seconds the stall shows, before any request has timed out.
+    phase(Duration::from_secs(15), &mut job);
+    let stalled = metric("tidemark_checkpoint_stalled_seconds");
+    assert!(
+        stalled >= 5.0,
+        "tidemark_checkpoint_stalled_seconds = {stalled} 15 s into the outage"
+    );
     phase(Duration::from_secs(150), &mut job);
     proxy.refuse();
+    phase(Duration::from_secs(295), &mut job);
+    let (stalled, failures) = (
+        metric("tidemark_checkpoint_stalled_seconds"),
+        metric("tidemark_checkpoint_failures_total"),
+    );
+    eprintln!("at 295 s: stalled {stalled:.0} s, failures {failures_before} -> {failures}");
+    assert!(
+        stalled >= 250.0,
+        "tidemark_checkpoint_stalled_seconds = {stalled}"
+    );
+    assert!(
+        failures > failures_before,
+        "tidemark_checkpoint_failures_total stayed at {failures}"
+    );
     phase(Duration::from_secs(300), &mut job);
     proxy.accept();
     let status = job.wait().unwrap();

@@ -202,6 +202,7 @@ pub fn retry<T, E: fmt::Display>(
     mut attempt: impl FnMut() -> Result<T, Failure<E>>,
 ) -> Result<T, Stopped<E>> {
     let mut attempts = Attempts::new(*policy);
+    let _operation = Operation::start(policy.slow_after);
     loop {
         let watch = Watch::start(policy, target);
         let result = attempt();
@@ -246,6 +247,48 @@ pub fn retry<T, E: fmt::Display>(
             }
         }
     }
+}
+
+/// Storage operations under way (retries included): when each began, and
+/// how long it may take before it counts as stalled.
+static OPERATIONS: Mutex<BTreeMap<u64, (Instant, Duration)>> = Mutex::new(BTreeMap::new());
+
+/// Registers an operation (all its attempts) while it is alive.
+struct Operation(u64);
+
+impl Operation {
+    fn start(slow_after: Duration) -> Operation {
+        let id = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
+        OPERATIONS
+            .lock()
+            .unwrap()
+            .insert(id, (Instant::now(), slow_after));
+        Operation(id)
+    }
+}
+
+impl Drop for Operation {
+    fn drop(&mut self) {
+        OPERATIONS.lock().unwrap().remove(&self.0);
+    }
+}
+
+/// How long the oldest storage operation of this process has gone without
+/// succeeding, hanging or failing, once past its `slow_after` (zero while
+/// every operation is younger): what the `tidemark_checkpoint_stalled_seconds`
+/// gauge shows, so an outage is visible within seconds, before any request
+/// has timed out.
+pub fn stalled_for() -> Duration {
+    let now = Instant::now();
+    OPERATIONS
+        .lock()
+        .unwrap()
+        .values()
+        .map(|(since, slow_after)| (now.saturating_duration_since(*since), *slow_after))
+        .filter(|(age, slow_after)| age >= slow_after)
+        .map(|(age, _)| age)
+        .max()
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Whether the watchdog warns now about a request in flight since `since`.

@@ -10,4 +10,4 @@
 
 pub mod kafka;
 
-pub use kafka::{start, SinkTopics};
+pub use kafka::{start, SinkStatus, SinkTopics};

@@ -68,6 +68,8 @@ pub(super) fn collect(sh: &Shared) {
     // process 0 its committer too.
     let s = sh.status.lock().unwrap().clone();
     counter!("tidemark_checkpoint_failures_total").absolute(s.failures + sh.writes.failures());
+    gauge!("tidemark_checkpoint_stalled_seconds")
+        .set(tidemark_checkpoint::retry::stalled_for().as_secs_f64());
     if sh.process != 0 {
         return;
     }
@@ -79,6 +81,14 @@ pub(super) fn collect(sh: &Shared) {
     counter!("tidemark_checkpoints_total").absolute(s.epochs);
     if let Some(e) = s.last_epoch {
         gauge!("tidemark_checkpoint_last_epoch_timestamp_seconds").set(e as f64 / 1e3);
+    }
+    if sh.sinks.is_some() {
+        let k = &sh.sink_status;
+        if let Some(e) = k.published() {
+            gauge!("tidemark_sink_last_epoch_timestamp_seconds").set(e as f64 / 1e3);
+        }
+        gauge!("tidemark_sink_waiting_seconds").set(k.waiting().as_secs_f64());
+        counter!("tidemark_sink_failures_total").absolute(k.failures.load(Ordering::Relaxed));
     }
 }
 

@@ -26,7 +26,7 @@ use tidemark_connectors::background::Background;
 use tidemark_connectors::kafka::KafkaSettings;
 use tidemark_dataflow::params::Params;
 use tidemark_dataflow::source::{Meter, SourceFailure, REFERENCE_BASE};
-use tidemark_sinks::SinkTopics;
+use tidemark_sinks::{SinkStatus, SinkTopics};
 
 use crate::kafka_job::offset_mirror;
 use crate::kinesis_job::ShardLog;
@@ -99,10 +99,14 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         (SourceSpec::Kafka(k), 0) => Some(offset_mirror(k, meter.clone())?),
         _ => None,
     };
+    let sink_status = Arc::new(SinkStatus::default());
     let sinks = match (&spec.sinks, process) {
-        (Some((settings, topics)), 0) => {
-            Some(tidemark_sinks::start(st.clone(), settings, topics.clone())?)
-        }
+        (Some((settings, topics)), 0) => Some(tidemark_sinks::start(
+            st.clone(),
+            settings,
+            topics.clone(),
+            sink_status.clone(),
+        )?),
         _ => None,
     };
     let inputs = spec.source.describe();
@@ -136,6 +140,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         shard_log,
         mirror,
         sinks,
+        sink_status,
         inputs,
         spec,
         storage: st,
@@ -365,6 +370,8 @@ struct Shared {
     mirror: Option<Background<Vec<Position>>>,
     /// Publishes committed epochs to the Kafka sinks.
     sinks: Option<Background<Manifest>>,
+    /// What the sinks' publisher has done (for the metrics).
+    sink_status: Arc<SinkStatus>,
     spec: JobSpec,
     storage: Arc<dyn Storage>,
     resume: Option<Manifest>,

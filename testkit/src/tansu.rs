@@ -3,11 +3,13 @@
 //! starts its own (ready in well under a second), so a test that kills its
 //! broker disturbs no other.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::fault_proxy::FaultProxy;
 use crate::launch::{free_port, spawn_listening, tool};
 
 /// `TANSU_BIN`, else `$TIDEMARK_TOOLS/tansu/bin/tansu` (default
@@ -26,11 +28,27 @@ pub struct Tansu {
     bin: PathBuf,
     dir: PathBuf,
     pub port: u16,
+    /// Where clients are told to connect (metadata), when not `port`.
+    advertised: Option<SocketAddr>,
     child: Option<Child>,
 }
 
 impl Tansu {
     pub fn start() -> Tansu {
+        Self::start_new(false).0
+    }
+
+    /// A broker every client reaches through a [`FaultProxy`]: it
+    /// advertises the proxy's address, so the connections a client opens
+    /// after bootstrap (to the partition leaders) pass the proxy too, and a
+    /// fault there is an outage of the whole broker. [`Self::brokers`] is the
+    /// proxy's address; topics are created on the broker's own port.
+    pub fn start_behind_proxy() -> (Tansu, FaultProxy) {
+        let (t, p) = Self::start_new(true);
+        (t, p.expect("started behind a proxy"))
+    }
+
+    fn start_new(behind_proxy: bool) -> (Tansu, Option<FaultProxy>) {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "tidemark-tansu-{}-{}",
@@ -43,20 +61,27 @@ impl Tansu {
             bin: binary(),
             dir,
             port: 0,
+            advertised: None,
             child: None,
         };
         // The port may be taken between probing and binding: try a few.
         for _ in 0..5 {
             t.port = free_port();
+            let proxy =
+                behind_proxy.then(|| FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], t.port))));
+            t.advertised = proxy.as_ref().map(FaultProxy::addr);
             if t.launch() {
-                return t;
+                return (t, proxy);
             }
         }
         panic!("tansu did not start; see {}", t.log().display());
     }
 
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match self.advertised {
+            Some(a) => a.to_string(),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     fn url(&self) -> String {
@@ -79,7 +104,7 @@ impl Tansu {
             .arg("--listener-url")
             .arg(self.url())
             .arg("--advertised-listener-url")
-            .arg(self.url())
+            .arg(format!("tcp://{}", self.brokers()))
             // tansu reads `sqlite:///abs/path` as relative to its working
             // directory: run it in the temp dir with a relative path.
             .arg("--storage-engine")

@@ -141,9 +141,12 @@ pub struct KeyedSink {
 }
 
 impl KeyedSink {
+    /// Records never expire in the producer (`message.timeout.ms = 0`): an
+    /// outage of any length is waited out in [`KeyedSink::deliver`], with
+    /// librdkafka reconnecting and resending on its own.
     pub fn new(settings: &KafkaSettings) -> Result<KeyedSink> {
         Ok(KeyedSink {
-            producer: settings.producer(&[("acks", "all")])?,
+            producer: settings.producer(&[("acks", "all"), ("message.timeout.ms", "0")])?,
             sent: 0,
         })
     }
@@ -168,11 +171,19 @@ impl KeyedSink {
         Ok(())
     }
 
-    /// Waits until every queued record is delivered; fails if any was not.
-    pub fn flush(&mut self, timeout: Duration) -> Result<()> {
-        self.producer
-            .flush(timeout)
-            .context("delivering sink records")?;
+    /// Waits until every queued record is delivered, however long that
+    /// takes, calling `waiting(records in flight)` every `tick` it is not
+    /// done; fails if the brokers refused a record (not for being away).
+    pub fn deliver(&mut self, tick: Duration, mut waiting: impl FnMut(usize)) -> Result<()> {
+        loop {
+            match self.producer.flush(tick) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                    waiting(self.producer.in_flight_count().max(0) as usize)
+                }
+                Err(e) => return Err(e).context("delivering sink records"),
+            }
+        }
         let mut results = self.producer.context().results.lock().unwrap();
         let failed = results.values().filter(|r| r.is_err()).count();
         let first = results.values().find_map(|r| r.clone().err());
