@@ -14,7 +14,7 @@ use tidemark_connectors::kinesis::{
     create_stream, discover_shards, put_lines_batched, wait_stream_active, KinesisClient,
     KinesisSettings,
 };
-use tidemark_testkit::committed::{assert_same, committed_offsets, read_committed};
+use tidemark_testkit::committed::{assert_same, committed_offsets, late, read_committed};
 use tidemark_testkit::datasets::{generate, jsonl_files};
 use tidemark_testkit::fault_proxy::{FaultProxy, Mode};
 use tidemark_testkit::job::{self, await_commits, finish, Logged, FAST_COMMITS};
@@ -80,10 +80,6 @@ fn client(endpoint: &str) -> KinesisClient {
     let mut s = KinesisSettings::new("unused");
     s.endpoint = Some(endpoint.to_owned());
     s.client().unwrap()
-}
-
-fn late(o: &Outputs) -> usize {
-    o.rejects.iter().filter(|r| r.reason == "LATE").count()
 }
 
 /// When each phase of [`outage`] began and ended.

@@ -104,6 +104,11 @@ pub fn committed_offsets(root: &Path) -> u64 {
         .map_or(0, |ps| ps.iter().filter_map(|p| p["offset"].as_u64()).sum())
 }
 
+/// How many rejects of `o` are `LATE`.
+pub fn late(o: &Outputs) -> usize {
+    o.rejects.iter().filter(|r| r.reason == "LATE").count()
+}
+
 /// The committed outputs under `root`: the union of the files listed by every
 /// `<root>/manifests/*.json`, each verified against its manifest entry.
 pub fn read_committed(root: &Path) -> Outputs {
