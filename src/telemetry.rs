@@ -245,6 +245,11 @@ fn describe() {
         Seconds,
         "Kinesis: MillisBehindLatest of the shard's last read, in seconds.",
     );
+    c(
+        "tidemark_source_errors_total",
+        Count,
+        "Kinesis: failed calls the shard's reader backed off from, by kind (throttled; transient: timeouts, refused connections, 5xx).",
+    );
     g(
         "tidemark_checkpoint_last_success_timestamp_seconds",
         Seconds,

@@ -18,10 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::*;
-use tidemark_testkit::committed::{assert_same, manifests, read_committed};
+use tidemark_testkit::committed::{assert_same, late, manifests, read_committed};
 use tidemark_testkit::datasets::{generate, jsonl_files, replayed};
 use tidemark_testkit::fault_proxy::{FaultProxy, Mode};
-use tidemark_testkit::job::{self, finish};
+use tidemark_testkit::job::{self, await_commits, finish};
 use tidemark_testkit::reference::Outputs;
 use tidemark_testkit::tansu::Tansu;
 use tidemark_testkit::{scrape, tempdir, write};

@@ -41,13 +41,27 @@ pub(super) fn collect(sh: &Shared) {
         .set(sh.spec.params.checkpoint_interval_ms as f64 / 1e3);
     if let Some(log) = &sh.shard_log {
         for (partition, _shard, m) in log.lock().unwrap().metrics() {
+            let labels = [
+                ("source", sh.names.main.clone()),
+                ("partition", partition.to_string()),
+            ];
             let behind = m.millis_behind_latest.load(Ordering::Relaxed);
             if behind >= 0 {
-                let labels = [
-                    ("source", sh.names.main.clone()),
-                    ("partition", partition.to_string()),
-                ];
                 gauge!("tidemark_source_lag_seconds", &labels).set(behind as f64 / 1e3);
+            }
+            // Failed calls the reader backs off from (an outage shows as
+            // `transient`: timeouts, refused connections, 5xx).
+            for (kind, n) in [
+                ("throttled", &m.throttled),
+                ("transient", &m.transient_errors),
+            ] {
+                let labels = [
+                    labels[0].clone(),
+                    labels[1].clone(),
+                    ("kind", kind.to_owned()),
+                ];
+                counter!("tidemark_source_errors_total", &labels)
+                    .absolute(n.load(Ordering::Relaxed));
             }
         }
     }

@@ -97,6 +97,28 @@ pub fn newest_epoch<R: Root + ?Sized>(root: &R) -> i64 {
         .unwrap_or_else(|e| panic!("manifest name {newest}: {e}"))
 }
 
+/// The sum of the resume offsets in the newest manifest of local `root`
+/// (`job.positions`): records read and committed so far; 0 before any
+/// commit.
+pub fn committed_offsets(root: &Path) -> u64 {
+    let Some(newest) = root.manifest_names().pop() else {
+        return 0;
+    };
+    let path = root.join("manifests").join(newest);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let m: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("manifest {} is not JSON: {e}", path.display()));
+    m["job"]["positions"]
+        .as_array()
+        .map_or(0, |ps| ps.iter().filter_map(|p| p["offset"].as_u64()).sum())
+}
+
+/// How many rejects of `o` are `LATE`.
+pub fn late(o: &Outputs) -> usize {
+    o.rejects.iter().filter(|r| r.reason == "LATE").count()
+}
+
 /// The committed outputs under `root`: the union of the files listed by every
 /// `<root>/manifests/*.json`, each verified against its manifest entry.
 pub fn read_committed(root: &Path) -> Outputs {

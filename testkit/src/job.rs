@@ -168,3 +168,103 @@ pub fn verify_ok(root: &Path) {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+/// A job whose stderr lines are collected on a thread as they arrive, each
+/// with its arrival time (so a long outage's warnings never fill the pipe,
+/// and a test can tell when a warning came).
+pub struct Logged {
+    pub child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Logged {
+    /// Starts `cmd` with its stderr piped and collected.
+    pub fn spawn(mut cmd: Command) -> Logged {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tidemark");
+        let err = child.stderr.take().expect("piped stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        Logged {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// The lines that arrived in `[from, to)` and contain every one of
+    /// `needles`.
+    pub fn lines_between(&self, from: Instant, to: Instant, needles: &[&str]) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, l)| *at >= from && *at < to && needles.iter().all(|n| l.contains(n)))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// Everything logged so far, for failure messages.
+    pub fn text(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Panics with the log unless the job is still running.
+    pub fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            self.drain();
+            panic!("{what}: the job exited ({status}): {}", self.text());
+        }
+    }
+
+    /// Waits for the job to exit; returns its status (the log stays
+    /// readable).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        self.drain();
+        status
+    }
+
+    fn drain(&mut self) {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        // A failing test must not leave the job running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `root` has committed `n` epochs (at most 2 minutes); false
+/// if the job ended first.
+pub fn await_commits(job: &mut Child, root: &Path, n: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while crate::committed::manifests(root) < n {
+        if job.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "no {n} commits in 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}

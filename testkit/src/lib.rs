@@ -13,7 +13,8 @@
 //!   per direction, and answers a share of HTTP requests with 503 SlowDown.
 //!
 //! Running the job and checking what it commits:
-//! - [`job`]: the `tidemark` binary under test, commands, kill drills.
+//! - [`job`]: the `tidemark` binary under test, commands, kill drills, runs
+//!   with their stderr lines timed ([`job::Logged`]), waiting for commits.
 //! - [`cluster`]: one job as several processes over loopback (hostfile).
 //! - [`datasets`]: generated inputs, and what a file replay of them commits.
 //! - [`reference`]: the independent reference implementation (the oracle).

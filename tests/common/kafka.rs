@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use tidemark_connectors::kafka::{
     committed_offsets, high_watermarks, produce_lines, KafkaSettings,
 };
-use tidemark_testkit::committed::manifests;
 use tidemark_testkit::job::FAST_COMMITS;
 use tidemark_testkit::reference::{parse_timestamp, Outputs};
 use tidemark_testkit::tansu::Tansu;
@@ -209,21 +208,4 @@ pub fn spawn_logged(mut cmd: Command) -> (Child, std::thread::JoinHandle<String>
         s
     });
     (child, log)
-}
-
-pub fn late(o: &Outputs) -> usize {
-    o.rejects.iter().filter(|r| r.reason == "LATE").count()
-}
-
-/// Waits until the job has committed `n` epochs; false if it ended first.
-pub fn await_commits(job: &mut Child, out: &Path, n: usize) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while manifests(out) < n {
-        if job.try_wait().unwrap().is_some() {
-            return false;
-        }
-        assert!(Instant::now() < deadline, "no {n} commits in 2 minutes");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
 }

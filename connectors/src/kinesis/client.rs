@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use aws_sdk_kinesis::config::retry::{RetryPartition, TokenBucket};
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::Client;
 use tidemark_aws::{fallback_region, Limits, Rt};
@@ -81,7 +82,13 @@ impl KinesisClient {
                 operation: Duration::from_secs(60),
             },
         )?;
-        let mut conf = aws_sdk_kinesis::config::Builder::from(&sdk);
+        // The SDK's default retry quota stops retrying once many attempts
+        // failed (an outage); our callers back off and retry themselves for
+        // as long as their patience says, so the quota must not cut in.
+        let partition = RetryPartition::custom("tidemark-kinesis")
+            .token_bucket(TokenBucket::unlimited())
+            .build();
+        let mut conf = aws_sdk_kinesis::config::Builder::from(&sdk).retry_partition(partition);
         if let Some(r) = fallback_region(&sdk) {
             conf = conf.region(r);
         }

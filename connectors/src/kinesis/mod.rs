@@ -73,7 +73,15 @@
 //! - ProvisionedThroughputExceeded, KMS throttling, LimitExceeded and other
 //!   throttling, timeouts and transport errors back off exponentially with
 //!   full jitter ([`Backoff`]); meanwhile the reader answers
-//!   [`Poll::Waiting`] (records may be waiting: not idleness).
+//!   [`Poll::Waiting`] (records may be waiting: not idleness), for as long
+//!   as the endpoint fails: an outage of any length is waited out, with a
+//!   warning per shard at once and then every 10 s. Each call times out
+//!   (10 s), so a hung endpoint never blocks a worker for good.
+//! - ListShards backs off the same way ([`Patience`]): for ever when a
+//!   closed shard's children are looked up mid-run, for [`START_PATIENCE`]
+//!   at start (then it fails naming the endpoint: a wrong one must show).
+//!   The client's SDK retry quota is unlimited, so an outage never turns
+//!   the SDK's own retries off.
 //! - An expired iterator (ExpiredIteratorException, 5 minutes unused) is
 //!   renewed from the last sequence number fetched (AFTER_SEQUENCE_NUMBER),
 //!   or from the start position when nothing was fetched yet (a fresh
@@ -139,7 +147,8 @@ pub use client::{ApiError, KinesisClient, KinesisSettings, DEFAULT_REGION};
 pub use lineage::{shard_read_to_end, Lineage};
 pub use reader::{KinesisShardReader, ReadLimits, ShardMetrics, ShardReadConfig, StartAt};
 pub use shards::{
-    cmp_sequence, discover_shards, is_sequence_number, partition_of, ShardInfo, ShardWatcher,
+    cmp_sequence, discover_shards, discover_shards_with, is_sequence_number, partition_of,
+    Patience, ShardInfo, ShardWatcher, START_PATIENCE,
 };
 
 /// AWS's maximum records per GetRecords call.

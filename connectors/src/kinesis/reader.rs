@@ -166,6 +166,10 @@ pub struct KinesisShardReader {
     /// The last call failed (throttling, transport): `Waiting` until a
     /// call succeeds.
     failing: bool,
+    /// When the calls began failing (for warnings and [`describe`]).
+    ///
+    /// [`describe`]: PartitionReader::describe
+    failing_since: Option<Instant>,
     backoff: Backoff,
     last_backoff: Option<Duration>,
     next_call: Instant,
@@ -271,6 +275,7 @@ impl KinesisShardReader {
             caught_up: false,
             finished: false,
             failing: false,
+            failing_since: None,
             backoff,
             last_backoff: None,
             next_call: Instant::now(),
@@ -453,6 +458,7 @@ impl KinesisShardReader {
         self.last_backoff = Some(delay);
         self.next_call = Instant::now() + delay.max(self.config.limits.min_interval);
         self.failing = true;
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
         let counter = if kind == "throttled" {
             &self.metrics.throttled
         } else {
@@ -463,7 +469,12 @@ impl KinesisShardReader {
         let what = self.what();
         self.log.warn(
             &key,
-            &format_args!("{what}: {m} (backing off {} ms)", delay.as_millis()),
+            &format_args!(
+                "{what}: {m} (failing for {} s, backing off {} ms; the shard waits and holds \
+                 the frontier)",
+                since.elapsed().as_secs(),
+                delay.as_millis()
+            ),
         );
     }
 
@@ -504,6 +515,7 @@ impl KinesisShardReader {
                 Ok(page) => {
                     self.backoff.reset();
                     self.failing = false;
+                    self.failing_since = None;
                     self.accept(page);
                     return Ok(());
                 }
@@ -684,7 +696,14 @@ impl PartitionReader for KinesisShardReader {
     }
 
     fn describe(&self) -> String {
-        self.what()
+        match self.failing_since {
+            Some(t) => format!(
+                "{}, calls failing for {} s, retrying",
+                self.what(),
+                t.elapsed().as_secs()
+            ),
+            None => self.what(),
+        }
     }
 }
 
@@ -903,6 +922,81 @@ mod tests {
         assert_eq!(r.millis_behind_latest(), Some(0));
         // A closed shard read to its end finishes and frees its children.
         assert!(lineage.is_finished(0));
+    }
+
+    #[test]
+    fn a_caught_up_shard_whose_endpoint_fails_waits_and_says_so() {
+        let fake = Fake::default();
+        {
+            let mut a = fake.answers.lock().unwrap();
+            a.push_back(page(vec![], Some("tip")));
+            a.push_back(Err(ApiError::TimedOut(
+                "operation timeout after 10s".into(),
+            )));
+            a.push_back(Err(ApiError::Transient("connection refused".into())));
+            a.push_back(Err(ApiError::Transient("connection refused".into())));
+            a.push_back(page(vec![rec(1, "a")], Some("it")));
+        }
+        let s = shard(3, &[]);
+        let mut r = KinesisShardReader::with_api(
+            Box::new(fake.clone()),
+            "pay",
+            &s,
+            std::slice::from_ref(&s),
+            (0, None),
+            ShardReadConfig {
+                limits: limits(),
+                ..ShardReadConfig::default()
+            },
+            Lineage::new(),
+        )
+        .unwrap();
+        let mut batch = RawBatch::default();
+        let mut poll = |r: &mut KinesisShardReader| {
+            batch.clear();
+            let p = r.poll(10, &mut batch).unwrap();
+            (p, r.describe(), batch.len())
+        };
+        // Caught up at the tip: idle may begin.
+        let (p, d, _) = poll(&mut r);
+        assert_eq!(p, Poll::CaughtUp);
+        assert_eq!(d, "Kinesis stream pay shard shardId-000000000003");
+        // The endpoint hangs, then refuses: waiting (never caught up, though
+        // the last answer said the tip was reached), and described so,
+        // until a call answers again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut during = Vec::new();
+        let read = loop {
+            assert!(Instant::now() < deadline, "{during:?}");
+            std::thread::sleep(Duration::from_millis(5));
+            let (p, d, n) = poll(&mut r);
+            if n > 0 {
+                break (p, d);
+            }
+            during.push((p, d));
+        };
+        // Until the next call (the interval), still caught up; from the
+        // first failure on, waiting.
+        let first = during
+            .iter()
+            .position(|(p, _)| *p != Poll::CaughtUp)
+            .expect("a failed call");
+        for (p, d) in &during[first..] {
+            assert_eq!(*p, Poll::Waiting, "{during:?}");
+            assert!(
+                d.starts_with("Kinesis stream pay shard shardId-000000000003, calls failing for"),
+                "{d}"
+            );
+        }
+        assert_eq!(
+            read,
+            (
+                Poll::Ready,
+                "Kinesis stream pay shard shardId-000000000003".into()
+            )
+        );
+        let m = r.metrics();
+        assert_eq!(m.transient_errors.load(AtomicOrdering::Relaxed), 3);
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aws_sdk_kinesis::error::ProvideErrorMetadata;
 
 use super::backoff::{seed_from, Backoff};
 use super::client::{classify, ApiError, KinesisClient};
@@ -93,68 +92,152 @@ impl ShardInfo {
     }
 }
 
+/// How long listing the shards keeps retrying an endpoint that does not
+/// answer, refuses connections or throttles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patience {
+    /// Give up after this long, with an error naming the stream and the
+    /// endpoint: at start, a wrong endpoint must surface as an error.
+    For(Duration),
+    /// Retry for ever, warning meanwhile: while running, the endpoint
+    /// answered before, so this is an outage, and it is waited out.
+    Forever,
+}
+
+/// How long listing at start retries an unreachable or throttling endpoint.
+pub const START_PATIENCE: Duration = Duration::from_secs(300);
+
+/// A failing call warns at once, then at most this often.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Every shard of `stream` (open and closed, as long as retained), sorted
-/// by partition number. ListShards is paginated with NextToken; throttling
-/// (LimitExceeded) is retried with backoff.
+/// by partition number, retrying for [`START_PATIENCE`] (see
+/// [`discover_shards_with`]).
 pub fn discover_shards(client: &KinesisClient, stream: &str) -> Result<Vec<ShardInfo>> {
+    discover_shards_with(client, stream, Patience::For(START_PATIENCE))
+}
+
+/// Every shard of `stream`. ListShards is paginated with NextToken;
+/// throttling, timeouts and transport errors (a hung or unreachable
+/// endpoint) are retried with backoff for as long as `patience` allows,
+/// with a warning naming the stream and the endpoint; other errors (no
+/// such stream, access denied) fail at once.
+pub fn discover_shards_with(
+    client: &KinesisClient,
+    stream: &str,
+    patience: Patience,
+) -> Result<Vec<ShardInfo>> {
     let mut backoff = Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(5),
         seed_from(stream),
     );
+    let what = format!("Kinesis ListShards on stream {stream} ({})", client.place);
     let mut page = |token: Option<&str>| -> Result<ShardPage> {
-        loop {
+        let mut call = || {
             let mut req = client.sdk().list_shards();
             req = match token {
                 // With a NextToken, AWS refuses the stream name.
                 Some(t) => req.next_token(t),
                 None => req.stream_name(stream).max_results(1000),
             };
-            match client.block_on(req.send()) {
-                Ok(out) => {
-                    let shards = out
-                        .shards()
-                        .iter()
-                        .map(ShardInfo::from_sdk)
-                        .collect::<Result<Vec<_>>>()
-                        .with_context(|| {
-                            format!("listing the shards of Kinesis stream {stream}")
-                        })?;
-                    return Ok((shards, out.next_token().map(str::to_owned)));
-                }
-                Err(e) => match classify(&e) {
-                    ApiError::Throttled(m) | ApiError::Transient(m) | ApiError::TimedOut(m)
-                        if backoff.attempts() < 8 =>
-                    {
-                        tracing::debug!("kinesis: ListShards {stream}: {m} (retrying)");
-                        std::thread::sleep(backoff.next_delay());
-                    }
-                    err => {
-                        let m = err.message();
-                        if e.code() == Some("ResourceNotFoundException") {
-                            bail!(
-                                "Kinesis stream {stream} does not exist ({}): {m}. Create it, or \
-                                 fix the stream name, region or endpoint",
-                                client.place
-                            );
-                        }
-                        if e.code() == Some("AccessDeniedException") {
-                            bail!(
-                                "Kinesis ListShards on stream {stream}: access denied: {m}. Grant \
-                                 kinesis:ListShards, kinesis:GetShardIterator and \
-                                 kinesis:GetRecords on the stream to the job's credentials"
-                            );
-                        }
-                        bail!(
-                            "Kinesis ListShards on stream {stream} ({}): {m}",
-                            client.place
-                        );
-                    }
-                },
-            }
-        }
+            client.block_on(req.send()).map_err(|e| classify(&e))
+        };
+        let out = with_retries(
+            &what,
+            patience,
+            &mut backoff,
+            &mut call,
+            &mut std::thread::sleep,
+        )
+        .map_err(|e| listing_error(stream, &what, &e, patience))?;
+        let shards = out
+            .shards()
+            .iter()
+            .map(ShardInfo::from_sdk)
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("listing the shards of Kinesis stream {stream}"))?;
+        Ok((shards, out.next_token().map(str::to_owned)))
     };
     collect_pages(&mut page)
+}
+
+/// What a listing that failed (or gave up) tells the operator.
+fn listing_error(stream: &str, what: &str, e: &ApiError, patience: Patience) -> anyhow::Error {
+    let m = e.message();
+    if m.starts_with("ResourceNotFoundException") {
+        return anyhow!(
+            "{what}: stream {stream} does not exist: {m}. Create it, or fix the stream name, \
+             region or endpoint"
+        );
+    }
+    if m.starts_with("AccessDeniedException") {
+        return anyhow!(
+            "{what}: access denied: {m}. Grant kinesis:ListShards, kinesis:GetShardIterator and \
+             kinesis:GetRecords on the stream to the job's credentials"
+        );
+    }
+    match (e, patience) {
+        (
+            ApiError::Throttled(_) | ApiError::Transient(_) | ApiError::TimedOut(_),
+            Patience::For(limit),
+        ) => anyhow!(
+            "{what}: {m}; gave up after retrying for {} s. Is the endpoint right and reachable?",
+            limit.as_secs()
+        ),
+        _ => anyhow!("{what}: {m}"),
+    }
+}
+
+/// Calls `call` until it answers. Throttling, timeouts and transport
+/// errors back off (`sleep` the next delay of `backoff`) and try again, for
+/// as long as `patience` allows, warning naming `what` at the first failure
+/// and then every [`WARN_INTERVAL`]; any other error is returned at once,
+/// and so is the last one when patience runs out. A success resets
+/// `backoff`.
+fn with_retries<T>(
+    what: &str,
+    patience: Patience,
+    backoff: &mut Backoff,
+    call: &mut dyn FnMut() -> Result<T, ApiError>,
+    sleep: &mut dyn FnMut(Duration),
+) -> Result<T, ApiError> {
+    let mut first_failure: Option<Instant> = None;
+    let mut warned: Option<Instant> = None;
+    loop {
+        let e = match call() {
+            Ok(v) => {
+                if let Some(t) = first_failure {
+                    tracing::info!(
+                        "kinesis: {what}: answered again after failing for {} s",
+                        t.elapsed().as_secs()
+                    );
+                }
+                backoff.reset();
+                return Ok(v);
+            }
+            Err(e @ (ApiError::Throttled(_) | ApiError::Transient(_) | ApiError::TimedOut(_))) => e,
+            Err(e) => return Err(e),
+        };
+        let since = *first_failure.get_or_insert_with(Instant::now);
+        if let Patience::For(limit) = patience {
+            if since.elapsed() >= limit {
+                return Err(e);
+            }
+        }
+        let delay = backoff.next_delay();
+        if warned.is_none_or(|w| w.elapsed() >= WARN_INTERVAL) {
+            warned = Some(Instant::now());
+            tracing::warn!(
+                attempts = backoff.attempts(),
+                failing_s = since.elapsed().as_secs(),
+                "kinesis: {what}: {}; retrying (backing off {} ms)",
+                e.message(),
+                delay.as_millis()
+            );
+        }
+        sleep(delay);
+    }
 }
 
 /// Follows NextToken until the last page; shards are deduplicated by id and
@@ -288,6 +371,70 @@ pub(crate) mod tests {
         assert_eq!(partition_of("shardId-000000001234").unwrap(), 1234);
         assert!(partition_of("shardId-").is_err());
         assert!(partition_of("shardId-99999999999999").is_err());
+    }
+
+    #[test]
+    fn listing_waits_out_outages_for_its_patience_and_fails_fast_otherwise() {
+        let outage = [
+            ApiError::TimedOut("dispatch failure: timeout".into()),
+            ApiError::Transient("dispatch failure: connection refused".into()),
+            ApiError::Throttled("LimitExceededException: rate".into()),
+        ];
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(40), 1);
+        // Hung, refused and throttled 30 times, then an answer: waited out,
+        // each retry after a jittered delay within the cap.
+        let mut n = 0;
+        let mut call = || {
+            n += 1;
+            if n <= 30 {
+                Err(outage[n % 3].clone())
+            } else {
+                Ok(n)
+            }
+        };
+        let mut slept = Vec::new();
+        let got = with_retries("t", Patience::Forever, &mut backoff, &mut call, &mut |d| {
+            slept.push(d)
+        });
+        assert_eq!(got, Ok(31));
+        assert_eq!(slept.len(), 30);
+        assert!(slept.iter().all(|d| *d <= Duration::from_millis(40)));
+        assert_eq!(backoff.attempts(), 0, "an answer resets the backoff");
+        // Out of patience: the last failure is returned, and named as such.
+        let mut calls = 0;
+        let got = with_retries(
+            "t",
+            Patience::For(Duration::ZERO),
+            &mut backoff,
+            &mut || {
+                calls += 1;
+                Err::<(), _>(outage[1].clone())
+            },
+            &mut |_| panic!("no sleep without patience"),
+        );
+        assert_eq!((got.clone(), calls), (Err(outage[1].clone()), 1));
+        let m = listing_error(
+            "s",
+            "ListShards",
+            &got.unwrap_err(),
+            Patience::For(START_PATIENCE),
+        )
+        .to_string();
+        assert!(
+            m.contains("gave up after retrying for 300 s") && m.contains("refused"),
+            "{m}"
+        );
+        // What no retry mends fails at once, even for ever.
+        let missing = ApiError::Fatal("ResourceNotFoundException (HTTP 400): no stream".into());
+        let got = with_retries(
+            "t",
+            Patience::Forever,
+            &mut backoff,
+            &mut || Err::<(), _>(missing.clone()),
+            &mut |_| panic!("no retry of a missing stream"),
+        );
+        let m = listing_error("s", "ListShards", &got.unwrap_err(), Patience::Forever).to_string();
+        assert!(m.contains("stream s does not exist"), "{m}");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use anyhow::{bail, Result};
 use tidemark_dataflow::source::{PartitionReader, Poll, RawBatch, Successor};
 
 use crate::kinesis::{
-    discover_shards, KinesisClient, KinesisSettings, KinesisShardReader, Lineage, ReadLimits,
-    ShardInfo, ShardMetrics, ShardReadConfig, StartAt,
+    discover_shards, discover_shards_with, KinesisClient, KinesisSettings, KinesisShardReader,
+    Lineage, Patience, ReadLimits, ShardInfo, ShardMetrics, ShardReadConfig, StartAt,
 };
 
 /// The shards of one stream read by this process.
@@ -191,9 +191,12 @@ impl StreamSource {
     /// The children `partition` hands over to, claimed and opened. They
     /// start at TRIM_HORIZON (at the configured time for an AT_TIMESTAMP
     /// start), whatever a LATEST start said: every record put in them after
-    /// the resharding belongs to the job.
+    /// the resharding belongs to the job. The listing is retried for ever:
+    /// the endpoint answered before, so a failure now is an outage, waited
+    /// out (the children hold the frontier meanwhile: their owner's reader
+    /// blocks its worker, whose other shards wait too).
     fn children_of(self: &Arc<Self>, partition: u32) -> Result<Vec<ShardPartition>> {
-        let listing = discover_shards(&self.client, &self.stream)?;
+        let listing = discover_shards_with(&self.client, &self.stream, Patience::Forever)?;
         let start = match self.start {
             StartAt::AtTimestamp(ms) => StartAt::AtTimestamp(ms),
             _ => StartAt::TrimHorizon,
@@ -246,6 +249,10 @@ impl ShardPartition {
 impl PartitionReader for ShardPartition {
     fn poll(&mut self, max: usize, batch: &mut RawBatch) -> Result<Poll, String> {
         self.reader.poll(max, batch)
+    }
+
+    fn describe(&self) -> String {
+        self.reader.describe()
     }
 
     fn successors(&mut self) -> Result<Vec<Successor>, String> {
