@@ -7,14 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::kafka::*;
 use tidemark_connectors::kafka::{produce_lines, KafkaSettings};
 use tidemark_testkit::committed::{assert_same, manifests, read_committed};
 use tidemark_testkit::datasets::{generate, generate_with_merchants, jsonl_files, replayed};
-use tidemark_testkit::job::{self, finish, FAST_COMMITS};
+use tidemark_testkit::job::{self, await_commits, finish, Logged, FAST_COMMITS};
 use tidemark_testkit::tansu::Tansu;
 use tidemark_testkit::{cluster, scrape, tempdir, write};
 
@@ -479,7 +478,7 @@ impl Drill {
         );
         let out = tmp.join(format!("out-{group}"));
         let hostfile = cluster::hostfile(tmp, processes);
-        let jobs: Vec<(Child, std::thread::JoinHandle<String>)> = (0..processes)
+        let mut jobs: Vec<Logged> = (0..processes)
             .map(|p| {
                 let (n, p) = (processes.to_string(), p.to_string());
                 let mut extra = vec!["-w", "1"];
@@ -492,33 +491,36 @@ impl Drill {
                 }
                 let mut cmd = job::run_command(&follow, &out, &extra);
                 cmd.env("TIDEMARK_LOG", "info");
-                spawn_logged(cmd)
+                Logged::spawn(cmd)
             })
             .collect();
-        let (mut jobs, logs): (Vec<Child>, Vec<_>) = jobs.into_iter().unzip();
         if self.flowing {
-            assert!(await_commits(&mut jobs[0], &out, 1), "{what} ended early");
+            assert!(
+                await_commits(&mut jobs[0].child, &out, 1),
+                "{what} ended early"
+            );
         } else {
             self.await_quiet(&mut jobs, topic);
         }
         let signalled = Instant::now();
         for i in self.signalled {
             // SAFETY: a plain signal to a child this test started.
-            unsafe { libc::kill(jobs[*i].id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(jobs[*i].child.id() as i32, libc::SIGTERM) };
         }
-        for (i, (mut j, log)) in jobs.into_iter().zip(logs).enumerate() {
-            while j.try_wait().unwrap().is_none() {
+        for (i, mut j) in jobs.into_iter().enumerate() {
+            while j.child.try_wait().unwrap().is_none() {
                 if signalled.elapsed() > Duration::from_secs(5) {
-                    j.kill().unwrap();
+                    j.child.kill().unwrap();
+                    j.wait();
                     panic!(
                         "{what} process {i} still running 5 s after SIGTERM: {}",
-                        log.join().unwrap()
+                        j.text()
                     );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let status = j.wait().unwrap();
-            let log = log.join().unwrap();
+            let status = j.wait();
+            let log = j.text();
             assert_eq!(status.code(), Some(0), "{what} process {i}: {log}");
             assert!(!log.contains("panicked"), "{what} process {i}: {log}");
             if i == 0 {
@@ -547,14 +549,14 @@ impl Drill {
 
     /// Waits until the job has read everything, committed some of it, and
     /// gone quiet (the committed offsets stop moving).
-    fn await_quiet(&self, jobs: &mut [Child], topic: &Topic) {
+    fn await_quiet(&self, jobs: &mut [Logged], topic: &Topic) {
         let group = self.group();
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut last = (u64::MAX, Instant::now());
         loop {
             for (i, j) in jobs.iter_mut().enumerate() {
                 assert!(
-                    j.try_wait().unwrap().is_none(),
+                    j.child.try_wait().unwrap().is_none(),
                     "{group}: process {i} ended"
                 );
             }

@@ -330,24 +330,12 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
             "4000",
         ],
     );
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut job = cmd.spawn().unwrap();
-    let stderr = job.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
-    let lines = log.clone();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            lines.lock().unwrap().push((Instant::now(), l));
-        }
-    });
+    cmd.stdout(Stdio::null());
+    let mut job = job::Logged::spawn(cmd);
     // Two commits, then the outage.
     let deadline = Instant::now() + Duration::from_secs(120);
     while manifests(&*st) < 2 {
-        assert!(job.try_wait().unwrap().is_none(), "ended before the outage");
+        job.assert_running("before the outage");
         assert!(Instant::now() < deadline, "no commits");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -355,14 +343,10 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
     let away = Instant::now();
     proxy.set(Mode::Hang);
     let peak_rss = std::cell::Cell::new(0u64);
-    let phase = |until: Duration, job: &mut std::process::Child| {
+    let phase = |until: Duration, job: &mut job::Logged| {
         while away.elapsed() < until {
-            assert!(
-                job.try_wait().unwrap().is_none(),
-                "the job exited during the outage, {:?} in",
-                away.elapsed()
-            );
-            peak_rss.set(peak_rss.get().max(rss_bytes(job.id())));
+            job.assert_running(&format!("{:?} into the outage", away.elapsed()));
+            peak_rss.set(peak_rss.get().max(rss_bytes(job.child.id())));
             std::thread::sleep(Duration::from_millis(200));
         }
     };
@@ -391,24 +375,13 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
     );
     phase(Duration::from_secs(300), &mut job);
     proxy.accept();
-    let status = job.wait().unwrap();
-    reader.join().unwrap();
-    let log = log.lock().unwrap();
-    let text: Vec<&str> = log.iter().map(|(_, l)| l.as_str()).collect();
+    let status = job.wait();
+    assert!(status.success(), "exit {:?}: {}", status.code(), job.text());
+    let warned = job.lines_between(away, away + Duration::from_secs(10), &["\"WARN\""]);
     assert!(
-        status.success(),
-        "exit {:?}: {}",
-        status.code(),
-        text.join("\n")
-    );
-    let first_warning = log
-        .iter()
-        .find(|(at, l)| *at >= away && l.contains("\"WARN\""))
-        .map(|(at, _)| at.duration_since(away));
-    assert!(
-        first_warning.is_some_and(|d| d <= Duration::from_secs(10)),
-        "first warning {first_warning:?} after the outage began: {}",
-        text.join("\n")
+        !warned.is_empty(),
+        "no warning within 10 s of the outage's start: {}",
+        job.text()
     );
     // The sources wait while epochs cannot be written (back-pressure: at
     // most `max_pending_epochs` intervals ahead of the writers): memory

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tidemark_connectors::kafka::{
@@ -195,17 +194,4 @@ pub fn ends(broker: &Tansu, topic: &str, n: i32) -> Vec<u64> {
         .unwrap();
     let tps: Vec<(String, i32)> = (0..n).map(|p| (topic.to_owned(), p)).collect();
     high_watermarks(&c, &tps).unwrap()
-}
-
-/// A job started with its stderr drained on a thread (so a long outage's
-/// warnings never fill the pipe): the child and its stderr at exit.
-pub fn spawn_logged(mut cmd: Command) -> (Child, std::thread::JoinHandle<String>) {
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    (child, log)
 }
