@@ -21,7 +21,7 @@ use common::kafka::*;
 use tidemark_testkit::committed::{assert_same, late, manifests, read_committed};
 use tidemark_testkit::datasets::{generate, jsonl_files, replayed};
 use tidemark_testkit::fault_proxy::{FaultProxy, Mode};
-use tidemark_testkit::job::{self, await_commits, finish, Logged};
+use tidemark_testkit::job::{self, finish, Logged};
 use tidemark_testkit::reference::Outputs;
 use tidemark_testkit::tansu::Tansu;
 use tidemark_testkit::{scrape, tempdir, write};
@@ -110,9 +110,7 @@ fn a_bounded_replay_rides_out_a_broker_hung_then_refusing_for_two_minutes_each()
     .env("TIDEMARK_LOG", "warn")
     .stdout(Stdio::null());
     let mut job = Logged::spawn(cmd);
-    if !await_commits(&mut job.child, &out, 2) {
-        panic!("the job ended early: {}", job.text());
-    }
+    job.await_commits(&out, 2);
     outage(&proxy, &mut job);
     let status = job.wait();
     let log = job.text();
@@ -152,9 +150,7 @@ fn a_following_job_rides_out_a_broker_hung_then_refusing_for_two_minutes_each() 
         &out,
         &["-w", "2", "--rate", "3000"],
     ));
-    if !await_commits(&mut job.child, &out, 2) {
-        panic!("the follower ended: {}", job.text());
-    }
+    job.await_commits(&out, 2);
     outage(&proxy, &mut job);
     // Most records read and committed after the outage: the group's
     // offsets mirror the committed positions.
@@ -228,9 +224,7 @@ fn commits_go_on_while_the_sinks_broker_is_away_and_publishing_catches_up() {
         .env("TIDEMARK_LOG", "warn")
         .stdout(Stdio::null());
     let mut job = Logged::spawn(cmd);
-    if !await_commits(&mut job.child, &out, 2) {
-        panic!("the job ended early: {}", job.text());
-    }
+    job.await_commits(&out, 2);
     proxy.set(Mode::Hang);
     let away = Instant::now();
     let hung = manifests(&out);

@@ -17,7 +17,7 @@ use tidemark_connectors::kinesis::{
 use tidemark_testkit::committed::{assert_same, committed_offsets, late, read_committed};
 use tidemark_testkit::datasets::{generate, jsonl_files};
 use tidemark_testkit::fault_proxy::{FaultProxy, Mode};
-use tidemark_testkit::job::{self, await_commits, finish, Logged, FAST_COMMITS};
+use tidemark_testkit::job::{self, finish, Logged, FAST_COMMITS};
 use tidemark_testkit::kinesalite::Kinesalite;
 use tidemark_testkit::launch::dummy_aws_env;
 use tidemark_testkit::reference::{compute_records, read_records, Outputs, RefParams};
@@ -177,10 +177,7 @@ fn a_bounded_replay_waits_out_a_hung_then_refusing_endpoint() {
     ]);
     dummy_aws_env(&mut cmd);
     let mut job = Logged::spawn(cmd);
-    if !await_commits(&mut job.child, &out, 2) {
-        job.wait();
-        panic!("the replay ended before the outage: {}", job.text());
-    }
+    job.await_commits(&out, 2);
     let read_before = committed_offsets(&out);
     let phases = outage(&proxy, &mut job);
     let status = job.wait();
@@ -221,10 +218,7 @@ fn a_following_job_waits_out_a_hung_then_refusing_endpoint() {
     let mut cmd = job::run_command(&follow, &out, &["-w", "2", "--rate", RATE]);
     dummy_aws_env(&mut cmd);
     let mut job = Logged::spawn(cmd);
-    if !await_commits(&mut job.child, &out, 2) {
-        job.wait();
-        panic!("the follower ended before the outage: {}", job.text());
-    }
+    job.await_commits(&out, 2);
     // Midway through the hang, the metrics show a stalled shard and the
     // failed calls.
     let scraper = std::thread::spawn(move || {

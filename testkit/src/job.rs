@@ -232,6 +232,15 @@ impl Logged {
         }
     }
 
+    /// Waits until `root` has committed `n` epochs (at most 2 minutes);
+    /// panics with the log if the job ended first.
+    pub fn await_commits(&mut self, root: &Path, n: usize) {
+        if !await_commits(&mut self.child, root, n) {
+            self.wait();
+            panic!("the job ended before {n} commits: {}", self.text());
+        }
+    }
+
     /// Waits for the job to exit; returns its status (the log stays
     /// readable).
     pub fn wait(&mut self) -> std::process::ExitStatus {
