@@ -399,7 +399,7 @@ fn s3_away_for_five_minutes_mid_replay_changes_nothing() {
     // crossed it); allow as much again for the allocator and the requests
     // being retried.
     assert!(
-        peak_rss.get() < rss_before + (2 * BOUND_MIB << 20),
+        peak_rss.get() < rss_before + ((2 * BOUND_MIB) << 20),
         "peak RSS {} MiB, {} MiB before the outage, bound {BOUND_MIB} MiB",
         peak_rss.get() >> 20,
         rss_before >> 20
