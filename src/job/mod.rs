@@ -165,6 +165,7 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
         restored: Mutex::new((0, Duration::ZERO)),
         stopped: AtomicBool::new(false),
         left_quiet: AtomicBool::new(false),
+        held: AtomicUsize::new(0),
         committed: Arc::new(AtomicI64::new(i64::MIN)),
         frontier_ms: Arc::new(AtomicI64::new(i64::MIN)),
         opened: AtomicUsize::new(0),
@@ -187,7 +188,11 @@ pub fn run(mut spec: JobSpec) -> Result<Summary> {
 
     let worker_shared = shared.clone();
     let guards = timely::execute(shared.spec.timely.clone(), move |worker| {
-        worker::run(worker, &worker_shared)
+        let result = worker::run(worker, &worker_shared);
+        if result.is_err() && worker_shared.processes > 1 && worker_shared.failed_for_good() {
+            hold_connections(&worker_shared);
+        }
+        result
     })
     .map_err(|e| anyhow::anyhow!("starting the timely cluster: {e}"))?;
     let Joined {
@@ -242,6 +247,19 @@ struct Joined {
     failed: Vec<String>,
 }
 
+/// A worker of a multi-process job that failed for good (a commit, a
+/// write or a source) parks here instead of returning, so its end of the
+/// connections to the other processes stays open until this process exits.
+/// Had every worker returned, timely would close the connections cleanly,
+/// and a peer told of a clean close keeps waiting for this process forever
+/// instead of stopping with the lost-peer error (exit 6).
+fn hold_connections(shared: &Shared) -> ! {
+    shared.held.fetch_add(1, Ordering::AcqRel);
+    loop {
+        std::thread::park();
+    }
+}
+
 /// Waits for every worker of this process, and for the committer thread.
 fn join(guards: timely::communication::WorkerGuards<Result<()>>, shared: &Shared) -> Joined {
     let mut failed = Vec::new();
@@ -258,10 +276,16 @@ fn join(guards: timely::communication::WorkerGuards<Result<()>>, shared: &Shared
         // A failed commit (on process 0) or a failed source stops this
         // process's workers, but the other processes' workers wait for
         // them, and joining the connections to those processes would wait
-        // for them forever. So once the workers here are done after such a
-        // failure, the connections are left to the process's exit, which
-        // ends the peers (they name this process as lost).
-        while !guards.guards().iter().all(|g| g.is_finished()) {
+        // for them forever. So once the workers here are done or holding
+        // their connections after such a failure ([`hold_connections`]),
+        // the connections are left to the process's exit, which ends the
+        // peers (they name this process as lost).
+        let workers = guards.guards().len();
+        loop {
+            let finished = guards.guards().iter().filter(|g| g.is_finished()).count();
+            if finished == workers || finished + shared.held.load(Ordering::Acquire) == workers {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         let commit = shared
@@ -358,6 +382,17 @@ fn summarize(shared: &Shared, elapsed: Duration) -> Result<Summary> {
     })
 }
 
+impl Shared {
+    /// Whether a commit, a write or a source failed: the run ends with
+    /// that error.
+    fn failed_for_good(&self) -> bool {
+        self.committer.get().is_some_and(|c| c.failure().is_some())
+            || self.writes.failure().is_some()
+            || self.meter.failure().is_some()
+            || self.reference_meter.failure().is_some()
+    }
+}
+
 struct Shared {
     process: usize,
     processes: usize,
@@ -406,6 +441,8 @@ struct Shared {
     stopped: AtomicBool,
     /// The stop found the sources quiet and left at the last commit.
     left_quiet: AtomicBool,
+    /// Workers parked by [`hold_connections`] after a failure.
+    held: AtomicUsize,
     /// The newest committed boundary (tick; process 0 only): the ticker
     /// ends a stop once the stop's commit is in.
     committed: Arc<AtomicI64>,
