@@ -163,10 +163,8 @@ pub struct KinesisShardReader {
     closed: bool,
     caught_up: bool,
     finished: bool,
-    /// The last call failed (throttling, transport): `Waiting` until a
-    /// call succeeds.
-    failing: bool,
-    /// When the calls began failing (for warnings and [`describe`]).
+    /// Since when calls have been failing (throttling, transport):
+    /// `Waiting` until a call succeeds; named in warnings and [`describe`].
     ///
     /// [`describe`]: PartitionReader::describe
     failing_since: Option<Instant>,
@@ -274,7 +272,6 @@ impl KinesisShardReader {
             closed: false,
             caught_up: false,
             finished: false,
-            failing: false,
             failing_since: None,
             backoff,
             last_backoff: None,
@@ -457,7 +454,6 @@ impl KinesisShardReader {
         let delay = self.backoff.next_delay();
         self.last_backoff = Some(delay);
         self.next_call = Instant::now() + delay.max(self.config.limits.min_interval);
-        self.failing = true;
         let since = *self.failing_since.get_or_insert_with(Instant::now);
         let counter = if kind == "throttled" {
             &self.metrics.throttled
@@ -514,7 +510,6 @@ impl KinesisShardReader {
             match result {
                 Ok(page) => {
                     self.backoff.reset();
-                    self.failing = false;
                     self.failing_since = None;
                     self.accept(page);
                     return Ok(());
@@ -683,7 +678,9 @@ impl PartitionReader for KinesisShardReader {
             Poll::Ready
         } else if self.finished {
             Poll::Finished
-        } else if !self.failing && self.buffer.is_empty() && self.millis_behind_latest() == Some(0)
+        } else if self.failing_since.is_none()
+            && self.buffer.is_empty()
+            && self.millis_behind_latest() == Some(0)
         {
             // The last GetRecords answered and said the shard's tip is
             // reached: nothing known unread (SPEC 3's idleness).

@@ -59,8 +59,7 @@ pub(super) fn build<'s, D: Decode>(
         let mut rate = Rate::new(config.max_rate);
         let mut cursor = 0usize;
         // Back-pressure: the bound this source pauses for, and since when.
-        let mut paused: Option<crate::backlog::Pause> = None;
-        let mut paused_since: Option<Instant> = None;
+        let mut paused: Option<(crate::backlog::Pause, Instant)> = None;
 
         move |frontiers| {
             if let Some(input) = follow_in.as_mut() {
@@ -100,23 +99,23 @@ pub(super) fn build<'s, D: Decode>(
                     config.max_pending_bytes,
                 )
             });
-            config.backlog.switch(paused, pause);
-            paused = pause;
+            config.backlog.switch(paused.map(|(p, _)| p), pause);
             let held_back = pause.is_some();
             // Wall time spent paused is not time without data: it must not
             // make a partition idle (letting the frontier pass records it
             // has not read yet) or stalled.
-            match (pause, paused_since) {
-                (Some(_), None) => paused_since = Some(Instant::now()),
-                (None, Some(since)) => {
-                    paused_since = None;
+            paused = match (pause, paused) {
+                (Some(p), None) => Some((p, Instant::now())),
+                (Some(p), Some((_, since))) => Some((p, since)),
+                (None, Some((_, since))) => {
                     let d = since.elapsed();
                     for p in &mut parts {
                         p.paused_for(d);
                     }
+                    None
                 }
-                _ => {}
-            }
+                (None, None) => None,
+            };
             let budget = rate.budget(config.budget);
             let throttled = budget == 0;
             let mut read = 0usize;
@@ -216,7 +215,7 @@ pub(super) fn build<'s, D: Decode>(
                 .as_ref()
                 .and_then(|_| frontiers[0].frontier().iter().min().copied());
             let Some(wm) = capability_tick(&parts, &params, followed) else {
-                config.backlog.switch(paused, None);
+                config.backlog.switch(paused.map(|(p, _)| p), None);
                 caps = None;
                 return;
             };
